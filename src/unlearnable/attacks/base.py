@@ -1,0 +1,106 @@
+"""The uniform attack interface, the registry and the generation checkpoint.
+
+Every attack is a class with a ``Config`` dataclass and ``generate(train, seed=...)``
+returning a float perturbation in pixel units; quantisation to uint8 and writing to disk
+are done once, by :mod:`unlearnable.data.poisoned`, for all attacks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from ..errors import UnlearnableError
+from ..fsutil import atomic_path
+
+_ATTACKS: dict[str, type["Attack"]] = {}
+
+
+def register_attack(cls):
+    _ATTACKS[cls.name] = cls
+    return cls
+
+
+def attack_names() -> list[str]:
+    return sorted(_ATTACKS)
+
+
+def get_attack(name: str) -> type["Attack"]:
+    cls = _ATTACKS.get(name.lower())
+    if cls is None:
+        raise UnlearnableError(f"unknown method {name!r}; choose from {', '.join(attack_names())}")
+    return cls
+
+
+@dataclass
+class AttackResult:
+    delta: torch.Tensor  # float32 (N, C, H, W) on the CPU, pixel units in [-eps, eps]
+    info: dict = field(default_factory=dict)
+
+
+class Attack:
+    name: ClassVar[str] = ""
+    Config: ClassVar[type]
+    presets: ClassVar[dict] = {}
+
+    def __init__(self, config=None, **overrides):
+        cfg = config if config is not None else self.Config()
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(self.Config)}
+        if unknown:
+            raise UnlearnableError(f"{self.name}: unknown option(s) {sorted(unknown)}")
+        self.config = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+        validate = getattr(self.config, "validate", None)
+        if validate:
+            validate()
+
+    @classmethod
+    def from_preset(cls, preset: str, **overrides) -> "Attack":
+        if preset not in cls.presets:
+            raise UnlearnableError(f"{cls.name}: unknown preset {preset!r}; choose from {sorted(cls.presets)}")
+        return cls(cls.presets[preset], **overrides)
+
+    def generate(self, train, *, seed: int = 0, workdir: str | os.PathLike | None = None,
+                 resume: bool = False) -> AttackResult:
+        raise NotImplementedError
+
+
+def check_eps(eps: float) -> None:
+    if not (0 < eps <= 1):
+        raise UnlearnableError(f"eps must be in (0, 1] (pixel units; 8/255 = 0.0314), got {eps}")
+
+
+class Checkpoint:
+    """An atomically replaced ``checkpoint.pt`` holding tensors and plain Python values.
+
+    Loaded with ``weights_only=True``: a checkpoint cannot run code when read.
+    """
+
+    def __init__(self, workdir: str | os.PathLike):
+        self.path = Path(workdir) / "checkpoint.pt"
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def save(self, state: dict) -> None:
+        with atomic_path(self.path, suffix=".pt") as tmp:
+            torch.save(state, tmp)
+
+    def load(self) -> dict:
+        try:
+            return torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any failure means an unusable checkpoint
+            raise UnlearnableError(f"cannot read checkpoint {self.path}: {e}") from None
+
+
+def rng_state(gen: torch.Generator) -> dict:
+    return {"generator": gen.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(gen: torch.Generator, state: dict) -> None:
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch"])

@@ -1,0 +1,160 @@
+"""``unlearnable <command>``: a thin layer over the library.
+
+Every user error ends as one line on stderr (``unlearnable: error: ...``) and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import UnlearnableError
+
+
+def _eps(text: str) -> float:
+    """Budgets are given in 1/255 units (``8`` or ``8/255``)."""
+    try:
+        value = float(text.split("/")[0]) / (float(text.split("/")[1]) if "/" in text else 255.0)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return v
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        sys.stderr.write(f"unlearnable: error: {message}\n")
+        sys.exit(2)
+
+
+def _add_attack_flags(p):
+    p.add_argument("--preset", default="cpu", help="attack preset: cpu (default), paper-cifar10, ...")
+    p.add_argument("--eps", type=_eps, help="L-inf budget in 1/255 units (default 8)")
+    p.add_argument("--epochs", type=_positive_int, help="generation epochs")
+    p.add_argument("--steps", type=_positive_int, dest="pgd_steps", help="PGD steps per batch and epoch")
+    p.add_argument("--step-size", type=_eps, help="PGD step in 1/255 units")
+    p.add_argument("--batch-size", type=_positive_int, help="generation batch size")
+    p.add_argument("--lr", type=float, help="source-model learning rate")
+    p.add_argument("--model", help="source model (registry name, e.g. cnn, resnet-18)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast for the model (perturbation stays fp32)")
+    p.add_argument("--channels-last", action="store_true", default=None, help="channels_last memory format")
+
+
+def _attack_overrides(args) -> dict:
+    keys = ("eps", "epochs", "pgd_steps", "step_size", "batch_size", "lr", "model", "device", "bf16", "channels_last")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .attacks import attack_names
+    from .models import model_names
+
+    p = _Parser(prog="unlearnable", description="Make image data unlearnable, test the protection, measure why.")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or status lines")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    d = sub.add_parser("demo", help="MI-UE on a Fashion-MNIST subset; victims on clean and protected data")
+    d.add_argument("--out", default="runs/demo", help="output folder (results.json, poisoned/)")
+    d.add_argument("--data", default="fashion-mnist", help="data spec (default: the embedded Fashion-MNIST)")
+    d.add_argument("--subset", type=_positive_int, default=5000, help="training images (default 5000)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--method", default="mi-ue", help=f"attack: {', '.join(attack_names())}")
+    d.add_argument("--victim-epochs", type=_positive_int, help="victim epochs (default 15)")
+    d.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    _add_attack_flags(d)
+
+    q = sub.add_parser("poison", help="protect a dataset's training split and write it losslessly")
+    q.add_argument("--method", required=True, help=f"attack: {', '.join(attack_names())}")
+    q.add_argument("--data", required=True, help="fashion-mnist, or a CIFAR folder, ImageFolder tree or .npz")
+    q.add_argument("--out", required=True, help="output folder (must be empty unless --overwrite)")
+    q.add_argument("--subset", type=_positive_int, help="protect a class-balanced subset of this size")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    q.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    _add_attack_flags(q)
+
+    t = sub.add_parser("train", help="train a victim on a dataset and report clean test accuracy")
+    t.add_argument("--data", required=True, help="a protected dataset folder, or any data spec")
+    t.add_argument("--model", default="cnn", help=f"victim model: {', '.join(model_names())}")
+    t.add_argument("--preset", default="cpu", help="victim preset: cpu (default) or paper-st")
+    t.add_argument("--epochs", type=_positive_int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--batch-size", type=_positive_int)
+    t.add_argument("--augment", help="none, crop-flip (default), crop, flip")
+    t.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, help="output folder: metrics.json, model.safetensors, model.json")
+    t.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def cmd_demo(args):
+    from .experiments.demo import format_table, run_demo
+    overrides = _attack_overrides(args)
+    r = run_demo(args.out, data=args.data, subset=args.subset, seed=args.seed, method=args.method,
+                 preset=args.preset, victim_epochs=args.victim_epochs, attack_overrides=overrides,
+                 overwrite=args.overwrite)
+    print(format_table(r))
+    print(f"results: {Path(args.out) / 'results.json'}")
+
+
+def cmd_poison(args):
+    from .poison import poison_dataset
+    m = poison_dataset(args.method, args.data, args.out, subset=args.subset, seed=args.seed, preset=args.preset,
+                       overrides=_attack_overrides(args), resume=args.resume, overwrite=args.overwrite)
+    print(json.dumps({"out": str(args.out), "method": m["method"], "images": m["counts"]["train"],
+                      "eps_255": m["eps_255"], "linf_255": m["linf_255"],
+                      "generate_s": m["timings"]["generate_s"]}))
+
+
+def cmd_train(args):
+    from .data import load_dataset
+    from .fsutil import prepare_output_dir, write_json
+    from .models.checkpoint import save_model
+    from .train import train_victim, victim_preset
+    out = prepare_output_dir(args.out, args.overwrite)
+    cfg = victim_preset(args.preset, model=args.model, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                        augment=args.augment, device=args.device)
+    splits = load_dataset(args.data)
+    res = train_victim(splits.train, splits.test, cfg, seed=args.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(res.model, out, name=cfg.model, in_channels=splits.train.channels,
+               num_classes=splits.train.num_classes, image_size=splits.train.image_size[0])
+    write_json(out / "metrics.json", {"data": splits.name, "model": cfg.model, "seed": args.seed, **res.metrics()})
+    print(json.dumps({"out": str(out), "test_acc": res.test_acc, "train_acc": res.train_acc,
+                      "seconds": round(res.seconds, 1)}))
+
+
+COMMANDS = {"demo": cmd_demo, "poison": cmd_poison, "train": cmd_train}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .progress import set_quiet
+    if args.quiet:
+        set_quiet(True)
+    try:
+        COMMANDS[args.command](args)
+    except UnlearnableError as e:
+        sys.stderr.write(f"unlearnable: error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("unlearnable: interrupted\n")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

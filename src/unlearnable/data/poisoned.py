@@ -1,0 +1,191 @@
+"""The on-disk format of a protected (poisoned) dataset, written losslessly.
+
+    DIR/manifest.json          method, config, seed, versions, timings, budget, counts
+    DIR/train/<class>/<i>.png  the protected training images, one PNG each (i = row)
+    DIR/perturbation.npz       delta (int16, N x H x W x C, 1/255 units), labels,
+                               source_indices (rows of the source training split)
+    DIR/test.npz               the clean test split (x_test, y_test), when there is one
+
+``poisoned = clean + delta`` holds exactly on uint8 values, so the clean images are
+recovered from the PNGs and the perturbation. Perturbations are rounded to the nearest
+uint8 level (never truncated) and the budget is checked on those integers before
+anything is written; the directory appears only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import UnlearnableError
+from ..fsutil import load_npz, prepare_output_dir, replace_dir, save_npz, write_json
+from ..progress import bar
+from .dataset import ImageDataset
+
+FORMAT_VERSION = 1
+
+
+def budget_levels(eps: float) -> int:
+    """The largest integer perturbation (in 1/255 units) allowed by an L-inf budget ``eps``."""
+    return int(np.floor(eps * 255.0 + 1e-6))
+
+
+def quantize(clean: np.ndarray, delta: np.ndarray | torch.Tensor, eps: float) -> np.ndarray:
+    """Round ``clean + delta`` to uint8 and project it back into the budget.
+
+    ``clean`` is uint8 (N, H, W, C); ``delta`` a float perturbation in [0, 1] pixel units,
+    same shape (or NCHW as a tensor). Rounding to the nearest level can move a value by
+    half a level past a non-integer budget; those values are pulled back to the largest
+    allowed integer, so the result always satisfies the budget.
+    """
+    if isinstance(delta, torch.Tensor):
+        delta = delta.detach().cpu()
+        if delta.ndim == 4 and delta.shape[1] in (1, 3) and delta.shape[-1] not in (1, 3):
+            delta = delta.permute(0, 2, 3, 1)
+        delta = delta.double().numpy()
+    delta = np.asarray(delta, dtype=np.float64)
+    if delta.shape != clean.shape:
+        raise UnlearnableError(f"perturbation shape {delta.shape} does not match images {clean.shape}")
+    base = clean.astype(np.int16)
+    poisoned = np.rint(np.clip(base + delta * 255.0, 0, 255)).astype(np.int16)
+    k = budget_levels(eps)
+    poisoned = np.clip(poisoned, base - k, base + k)
+    return np.clip(poisoned, 0, 255).astype(np.uint8)
+
+
+def _safe_folder(label: int, name: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "class"
+    return f"{label:03d}-{slug[:60]}"
+
+
+def package_versions() -> dict:
+    from .. import __version__
+    return {"unlearnable": __version__, "python": platform.python_version(),
+            "torch": torch.__version__, "numpy": np.__version__}
+
+
+def write_poisoned(out: str | os.PathLike, clean: ImageDataset, poisoned_images: np.ndarray, *,
+                   eps: float, method: str, test: ImageDataset | None = None,
+                   manifest_extra: dict | None = None, overwrite: bool = False) -> dict:
+    """Write a protected dataset to ``out`` and return its manifest.
+
+    Refuses (raises) when any written pixel differs from the clean one by more than the
+    budget, when shapes disagree, or when ``out`` is not empty and ``overwrite`` is off.
+    """
+    out = prepare_output_dir(out, overwrite)
+    if poisoned_images.dtype != np.uint8 or poisoned_images.shape != clean.images.shape:
+        raise UnlearnableError(f"poisoned images must be uint8 {clean.images.shape}, got "
+                               f"{poisoned_images.dtype} {poisoned_images.shape}")
+    if not (0 < eps <= 1):
+        raise UnlearnableError(f"eps must be in (0, 1], got {eps}")
+    delta = poisoned_images.astype(np.int16) - clean.images.astype(np.int16)
+    linf = int(np.abs(delta).max()) if delta.size else 0
+    limit = budget_levels(eps)
+    if linf > limit:
+        raise UnlearnableError(f"refusing to write: perturbation reaches {linf}/255, budget is {limit}/255")
+
+    t0 = time.time()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out.parent))
+    try:
+        folders = [_safe_folder(i, n) for i, n in enumerate(clean.class_names)]
+        for f in folders:
+            (tmp / "train" / f).mkdir(parents=True)
+        width = max(5, len(str(len(clean))))
+        mode = "L" if clean.channels == 1 else "RGB"
+        files = []
+        for i in bar(range(len(clean)), desc="write PNGs", unit="img"):
+            rel = f"train/{folders[clean.labels[i]]}/{i:0{width}d}.png"
+            img = poisoned_images[i, :, :, 0] if mode == "L" else poisoned_images[i]
+            Image.fromarray(img, mode=mode).save(tmp / rel, format="PNG", compress_level=6)
+            files.append(rel)
+        save_npz(tmp / "perturbation.npz", delta=delta, labels=clean.labels,
+                 source_indices=clean.indices)
+        if test is not None:
+            save_npz(tmp / "test.npz", x_test=test.images, y_test=test.labels)
+        counts = {"train": len(clean), "test": 0 if test is None else len(test),
+                  "per_class": np.bincount(clean.labels, minlength=clean.num_classes).tolist(),
+                  "perturbed": int(np.any(delta != 0, axis=(1, 2, 3)).sum())}
+        manifest = {
+            "format": "unlearnable-poisoned", "format_version": FORMAT_VERSION,
+            "method": method, "eps_255": round(eps * 255.0, 6), "linf_255": linf,
+            "norm": "linf", "image_shape": list(clean.images.shape[1:]),
+            "class_names": clean.class_names, "class_folders": folders,
+            "source": clean.source, "counts": counts, "versions": package_versions(),
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        manifest.update(manifest_extra or {})
+        manifest.setdefault("timings", {})["write_s"] = round(time.time() - t0, 3)
+        write_json(tmp / "manifest.json", manifest)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+@dataclass
+class PoisonedDataset:
+    clean: ImageDataset
+    poisoned: ImageDataset
+    delta: np.ndarray  # int16, 1/255 units
+    test: ImageDataset | None
+    manifest: dict
+    path: Path
+
+
+def is_poisoned_dir(path: Path) -> bool:
+    return (Path(path) / "manifest.json").is_file() and (Path(path) / "perturbation.npz").is_file()
+
+
+def read_poisoned(path: str | os.PathLike) -> PoisonedDataset:
+    """Read a directory written by :func:`write_poisoned`, checking it against its manifest."""
+    path = Path(path)
+    if not is_poisoned_dir(path):
+        raise UnlearnableError(f"{path}: not a protected dataset (no manifest.json / perturbation.npz)")
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UnlearnableError(f"{path}/manifest.json: {e}") from None
+    arrays = load_npz(path / "perturbation.npz")
+    delta, labels = arrays["delta"], arrays["labels"]
+    names, folders = manifest["class_names"], manifest["class_folders"]
+    mode = "L" if manifest["image_shape"][-1] == 1 else "RGB"
+    width = max(5, len(str(len(labels))))
+    imgs = np.empty(delta.shape, dtype=np.uint8)
+    for i in bar(range(len(labels)), desc="read PNGs", unit="img"):
+        p = path / "train" / folders[labels[i]] / f"{i:0{width}d}.png"
+        try:
+            with Image.open(p) as im:
+                a = np.asarray(im.convert(mode), dtype=np.uint8)
+        except (OSError, SyntaxError, ValueError) as e:
+            raise UnlearnableError(f"cannot read image {p}: {e}") from None
+        if a.shape[:2] != delta.shape[1:3]:
+            raise UnlearnableError(f"{p}: size {a.shape[:2]} differs from the manifest's {delta.shape[1:3]}")
+        imgs[i] = a.reshape(delta.shape[1:])
+    clean = imgs.astype(np.int16) - delta
+    if clean.min() < 0 or clean.max() > 255:
+        raise UnlearnableError(f"{path}: PNGs and perturbation.npz do not match (clean values out of range)")
+    linf = int(np.abs(delta).max()) if delta.size else 0
+    if linf != manifest.get("linf_255"):
+        raise UnlearnableError(f"{path}: perturbation L-inf {linf} differs from the manifest's {manifest.get('linf_255')}")
+    src = manifest.get("source", str(path))
+    indices = arrays.get("source_indices")
+    clean_ds = ImageDataset(clean.astype(np.uint8), labels, names, source=src, indices=indices)
+    poisoned_ds = ImageDataset(imgs, labels, names, source=f"poisoned:{path}", indices=indices)
+    test = None
+    if (path / "test.npz").is_file():
+        t = load_npz(path / "test.npz")
+        test = ImageDataset(t["x_test"], t["y_test"], names, source=f"{src}:test")
+    return PoisonedDataset(clean_ds, poisoned_ds, delta, test, manifest, path)

@@ -1,0 +1,1 @@
+"""Config-driven runs, tables and reports."""

@@ -1,0 +1,34 @@
+"""Model registry: names in the paper's spelling, looked up case-insensitively."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..errors import UnlearnableError
+from .base import FeatureModel
+
+_REGISTRY: dict[str, Callable[..., FeatureModel]] = {}
+
+
+def _key(name: str) -> str:
+    return name.lower().replace("_", "-").replace(" ", "")
+
+
+def register_model(name: str, *aliases: str):
+    def deco(fn):
+        for n in (name, *aliases):
+            _REGISTRY[_key(n)] = fn
+        return fn
+    return deco
+
+
+def model_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_model(name: str, in_channels: int, num_classes: int, image_size: int, **kwargs) -> FeatureModel:
+    """Build a registered model for the given input channels, classes and image size."""
+    fn = _REGISTRY.get(_key(name))
+    if fn is None:
+        raise UnlearnableError(f"unknown model {name!r}; choose from {', '.join(model_names())}")
+    return fn(in_channels=in_channels, num_classes=num_classes, image_size=image_size, **kwargs)

@@ -1,0 +1,95 @@
+"""The training and evaluation loops shared by victims and attack source models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..runtime import autocast, to_model_input
+
+
+@dataclass
+class TensorData:
+    """Images as uint8 NCHW on the compute device, labels as int64: converted per batch."""
+
+    x: torch.Tensor  # uint8 (N, C, H, W)
+    y: torch.Tensor  # int64 (N,)
+
+    @classmethod
+    def from_dataset(cls, ds, device) -> "TensorData":
+        x = torch.from_numpy(ds.images).permute(0, 3, 1, 2).contiguous().to(device)
+        return cls(x, torch.from_numpy(ds.labels).to(device))
+
+    def __len__(self):
+        return int(self.y.shape[0])
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[idx].float().div_(255.0), self.y[idx]
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator | None, device, drop_last=False):
+    """Index batches over ``n`` items, shuffled when a generator is given."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    order = order.to(device)
+    stop = n - (n % batch_size) if (drop_last and n >= batch_size) else n
+    for i in range(0, stop, batch_size):
+        yield order[i:i + batch_size]
+
+
+def num_batches(n: int, batch_size: int, drop_last=False) -> int:
+    return n // batch_size if (drop_last and n >= batch_size) else -(-n // batch_size)
+
+
+def train_epoch(model, optimizer, data: TensorData, *, batch_size: int, generator: torch.Generator,
+                augment=None, delta: torch.Tensor | None = None, bf16=False, channels_last=False,
+                on_batch=None) -> tuple[float, float]:
+    """One pass of cross-entropy SGD; ``delta`` (float NCHW) is added to the images when given.
+
+    Returns (mean loss, accuracy) over the pass, measured on the augmented inputs.
+    """
+    model.train()
+    device = data.x.device
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for idx in batches(len(data), batch_size, generator, device):
+        x, y = data.batch(idx)
+        if delta is not None:
+            x = (x + delta[idx]).clamp_(0, 1)
+        if augment is not None:
+            x = augment(x, generator)
+        with autocast(device, bf16):
+            logits = model(to_model_input(x, channels_last))
+            loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.detach() * len(idx)
+        correct += (logits.argmax(1) == y).sum()
+        if on_batch is not None:
+            on_batch()
+    n = len(data)
+    return float(total_loss) / n, float(correct) / n
+
+
+@torch.no_grad()
+def evaluate(model, data: TensorData, *, batch_size: int = 256, bf16=False, channels_last=False) -> float:
+    """Accuracy of ``model`` on ``data`` (eval mode, no augmentation)."""
+    model.eval()
+    correct = 0
+    for idx in batches(len(data), batch_size, None, data.x.device):
+        x, y = data.batch(idx)
+        with autocast(data.x.device, bf16):
+            logits = model(to_model_input(x, channels_last))
+        correct += int((logits.argmax(1) == y).sum())
+    return correct / max(1, len(data))
+
+
+def sgd_cosine(model, *, lr: float, momentum: float, weight_decay: float, epochs: int, lr_min: float = 1e-6,
+               nesterov: bool = False):
+    """SGD with momentum and weight decay, cosine-annealed per epoch to ``lr_min``."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
+                          nesterov=nesterov)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs), eta_min=lr_min)
+    return opt, sched
