@@ -7,6 +7,7 @@ reconstruction, dicts, lists, bytes, str, ints) and the result is checked field 
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import os
@@ -45,6 +46,8 @@ _ALLOWED = {
     ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
     ("numpy", "ndarray"): lambda: np.ndarray,
     ("numpy", "dtype"): lambda: np.dtype,
+    # Python 3 writes bytes in protocol-2 pickles as _codecs.encode(str, "latin1").
+    ("_codecs", "encode"): lambda: codecs.encode,
 }
 
 

@@ -525,7 +525,7 @@ class MINEMI(MIEstimator):
 
     name = "mine"
     _param_names = ("hidden", "iters", "batch", "lr", "ema", "holdout", "eval_shuffles", "seed")
-    chunk = 100
+    chunk = 50
 
     def __init__(self, hidden: int = 32, iters: int = 500, batch: int = 1000, lr: float = 2e-3, ema: float = 0.01,
                  holdout: float = 0.3, eval_shuffles: int = 8, seed: int = 0, device: str = "cpu"):

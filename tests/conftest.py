@@ -1,0 +1,31 @@
+import os
+
+os.environ.setdefault("UNLEARNABLE_QUIET", "1")
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def make_learnable(n=200, size=16, channels=1, classes=4, seed=0):
+    """Images whose class is a bright horizontal band at one of ``classes`` heights, plus
+    noise (invariant to horizontal flips)."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    x = rng.integers(0, 60, size=(n, size, size, channels)).astype(np.int16)
+    h = max(1, size // classes)
+    for c in range(classes):
+        x[y == c, c * h:(c + 1) * h, :, :] += 150
+    return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.int64)
+
+
+@pytest.fixture
+def tiny_npz(tmp_path):
+    """A small learnable dataset in the .npz format (train 160 / test 80, 16x16 grey, 4 classes)."""
+    x, y = make_learnable(240, seed=1)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x_train=x[:160], y_train=y[:160], x_test=x[160:], y_test=y[160:],
+             class_names=np.array(["a", "b", "c", "d"]))
+    return path
