@@ -12,22 +12,19 @@ The ``cpu`` preset is the embedded-data default (see docs/mi-ue.md for how it wa
 
 from __future__ import annotations
 
-import hashlib
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ..data.augment import build_augment
 from ..errors import UnlearnableError
-from ..models import build_model
 from ..progress import bar
-from ..runtime import autocast, make_generator, prepare_model, resolve_device, seed_everything, to_model_input
-from ..train.loops import TensorData, batches, num_batches, sgd_cosine, train_epoch
-from .base import Attack, AttackResult, Checkpoint, check_eps, register_attack, rng_state, set_rng_state
+from ..runtime import autocast, to_model_input
+from ..train.loops import num_batches
+from .base import Attack, AttackResult, check_eps, register_attack
 from .losses import mi_loss
 from .pgd import pgd
+from .source import RUNTIME_KEYS, SourceRun, fingerprint  # noqa: F401 - fingerprint re-exported
 
 
 @dataclass
@@ -72,16 +69,9 @@ class MIUEConfig:
         return self.step_size + (self.step_size_final - self.step_size) * epoch / (self.epochs - 1)
 
 
-def fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
-    h = hashlib.sha1()
-    h.update(np.ascontiguousarray(images).tobytes())
-    h.update(np.ascontiguousarray(labels).tobytes())
-    return h.hexdigest()
-
-
 # What determines the poisons (device and precision flags are excluded on purpose: a run
 # may resume on another device).
-_RUNTIME_KEYS = {"device", "bf16", "channels_last", "forward_chunk"}
+_RUNTIME_KEYS = RUNTIME_KEYS
 
 
 @register_attack
@@ -98,53 +88,29 @@ class MIUE(Attack):
 
     def generate(self, train, *, seed: int = 0, workdir=None, resume: bool = False) -> AttackResult:
         cfg = self.config
-        device = resolve_device(cfg.device)
-        seed_everything(seed)
-        gen = make_generator(seed)
-        model = prepare_model(build_model(cfg.model, train.channels, train.num_classes, train.image_size[0]),
-                              device, cfg.channels_last)
-        opt, sched = sgd_cosine(model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                epochs=cfg.epochs, lr_min=cfg.lr_min)
+        run = SourceRun(self.name, cfg, train, seed=seed, workdir=workdir, resume=resume,
+                        schedule="cosine", schedule_epochs=cfg.epochs)
+        model, gen, device, data, delta = run.model, run.gen, run.device, run.data, run.param
         train_aug = build_augment(cfg.train_augment, cfg.crop_padding)
         pgd_aug = build_augment(cfg.pgd_augment, cfg.crop_padding)
-        data = TensorData.from_dataset(train, device)
-        delta = torch.zeros(data.x.shape, dtype=torch.float32, device=device)
-        determining = {k: v for k, v in asdict(cfg).items() if k not in _RUNTIME_KEYS}
-        fp = fingerprint(train.images, train.labels)
-        ckpt = Checkpoint(workdir) if workdir is not None else None
-        history: list[dict] = []
-        start, elapsed = 0, 0.0
-        if resume and ckpt is not None and ckpt.exists():
-            state = ckpt.load()
-            if state["config"] != determining or state["seed"] != seed or state["fingerprint"] != fp:
-                raise UnlearnableError(f"{ckpt.path}: checkpoint was made with other data, config or seed; "
-                                       f"rerun without --resume (or with --overwrite)")
-            delta.copy_(state["delta"].to(device))
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            set_rng_state(gen, state["rng"])
-            start, history, elapsed = state["epoch"], list(state["history"]), state["elapsed"]
+        start, history = run.start, run.history
 
         dist_scale = 1.0 / model.feature_dim if cfg.distance_scale == "dim" else 1.0
         n_tr = num_batches(len(data), cfg.batch_size)
-        t0 = time.time() - elapsed
         with bar(total=cfg.epochs * 2 * n_tr, initial=start * 2 * n_tr, desc="mi-ue", unit="batch") as pb:
             for epoch in range(start, cfg.epochs):
                 # Source model: one pass of CE on the current poisons (min over theta).
-                ce, acc = train_epoch(model, opt, data, batch_size=cfg.batch_size, generator=gen,
-                                      augment=train_aug, delta=delta, bf16=cfg.bf16,
-                                      channels_last=cfg.channels_last, on_batch=pb.update)
-                sched.step()
+                ce, acc = run.train_pass(train_aug, delta=delta, on_batch=pb.update)
+                run.sched.step()
                 # Poisons: T_a signed-gradient steps on L_mi for every batch (min over delta).
                 model.eval()
                 step = cfg.step_at(epoch)
-                mi_total = 0.0
-                for idx in batches(len(data), cfg.batch_size, gen, device):
-                    x, y = data.batch(idx)
+                mi_total = [0.0]
+
+                def update(x, y, d, step=step, mi_total=mi_total):
                     last = []
 
-                    def loss_fn(inp, y=y, last=last):
+                    def loss_fn(inp):
                         with autocast(device, cfg.bf16):
                             z = torch.cat([model.features(to_model_input(c, cfg.channels_last))
                                            for c in inp.split(cfg.forward_chunk)])
@@ -153,19 +119,15 @@ class MIUE(Attack):
                         return loss
 
                     transform = (lambda t: pgd_aug(t, gen)) if pgd_aug is not None else None
-                    delta[idx] = pgd(loss_fn, x, delta[idx], steps=cfg.pgd_steps, step_size=step,
-                                     eps=cfg.eps, transform=transform)
-                    mi_total += float(last[0]) * len(idx)
-                    pb.update()
+                    new = pgd(loss_fn, x, d, steps=cfg.pgd_steps, step_size=step, eps=cfg.eps, transform=transform)
+                    mi_total[0] += float(last[0]) * len(y)
+                    return new
+
+                run.update_poisons(update, on_batch=pb.update)
+                mi_mean = mi_total[0] / len(data)
                 history.append({"epoch": epoch + 1, "source_ce": round(ce, 5), "source_train_acc": round(acc, 5),
-                                "mi_loss": round(mi_total / len(data), 5), "step_size_255": round(step * 255, 4),
-                                "seconds": round(time.time() - t0, 2)})
-                pb.set_postfix(acc=f"{acc:.3f}", mi=f"{mi_total / len(data):.3f}")
-                if ckpt is not None:
-                    ckpt.save({"epoch": epoch + 1, "delta": delta.cpu(), "model": model.state_dict(),
-                               "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                               "rng": rng_state(gen), "history": history, "config": determining,
-                               "seed": seed, "fingerprint": fp, "elapsed": time.time() - t0})
-        info = {"history": history, "seconds": round(time.time() - t0, 2), "config": asdict(cfg),
-                "resumed_from_epoch": start}
-        return AttackResult(delta=delta.cpu(), info=info)
+                                "mi_loss": round(mi_mean, 5), "step_size_255": round(step * 255, 4),
+                                "seconds": run.seconds()})
+                pb.set_postfix(acc=f"{acc:.3f}", mi=f"{mi_mean:.3f}")
+                run.save(epoch + 1)
+        return AttackResult(delta=delta.cpu(), info=run.info())

@@ -44,21 +44,31 @@ def num_batches(n: int, batch_size: int, drop_last=False) -> int:
 
 def train_epoch(model, optimizer, data: TensorData, *, batch_size: int, generator: torch.Generator,
                 augment=None, delta: torch.Tensor | None = None, bf16=False, channels_last=False,
-                on_batch=None) -> tuple[float, float]:
+                on_batch=None, max_batches: int | None = None, perturb=None) -> tuple[float, float]:
     """One pass of cross-entropy SGD; ``delta`` (float NCHW) is added to the images when given.
 
-    Returns (mean loss, accuracy) over the pass, measured on the augmented inputs.
+    ``max_batches`` stops the pass early (the first batches of a fresh shuffle: sampling
+    without replacement). ``perturb(model, x, y)``, when given, replaces each augmented
+    batch before the step (adversarial training of a source model); it must leave the
+    model in train mode. Returns (mean loss, accuracy) over the batches seen, measured
+    on the inputs the model was trained on.
     """
     model.train()
     device = data.x.device
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    for idx in batches(len(data), batch_size, generator, device):
+    seen = 0
+    for b, idx in enumerate(batches(len(data), batch_size, generator, device)):
+        if max_batches is not None and b >= max_batches:
+            break
         x, y = data.batch(idx)
         if delta is not None:
             x = (x + delta[idx]).clamp_(0, 1)
         if augment is not None:
             x = augment(x, generator)
+        if perturb is not None:
+            x = perturb(model, x, y)
+        seen += len(idx)
         with autocast(device, bf16):
             logits = model(to_model_input(x, channels_last))
             loss = F.cross_entropy(logits.float(), y)
@@ -69,17 +79,20 @@ def train_epoch(model, optimizer, data: TensorData, *, batch_size: int, generato
         correct += (logits.argmax(1) == y).sum()
         if on_batch is not None:
             on_batch()
-    n = len(data)
+    n = max(1, seen)
     return float(total_loss) / n, float(correct) / n
 
 
 @torch.no_grad()
-def evaluate(model, data: TensorData, *, batch_size: int = 256, bf16=False, channels_last=False) -> float:
-    """Accuracy of ``model`` on ``data`` (eval mode, no augmentation)."""
+def evaluate(model, data: TensorData, *, batch_size: int = 256, bf16=False, channels_last=False,
+             delta: torch.Tensor | None = None) -> float:
+    """Accuracy of ``model`` on ``data`` (eval mode, no augmentation), on ``x + delta`` when given."""
     model.eval()
     correct = 0
     for idx in batches(len(data), batch_size, None, data.x.device):
         x, y = data.batch(idx)
+        if delta is not None:
+            x = (x + delta[idx]).clamp_(0, 1)
         with autocast(data.x.device, bf16):
             logits = model(to_model_input(x, channels_last))
         correct += int((logits.argmax(1) == y).sum())

@@ -1,0 +1,201 @@
+"""Shared machinery for attacks that train a source model: state, checkpoint, poison passes.
+
+:class:`SourceRun` holds what every such attack needs (device, seeded generator, source
+model and optimiser, the training data on the device, the perturbation parameter, a
+history) and saves all of it to one atomically replaced checkpoint after each unit of
+work, so that ``resume=True`` continues a killed run bit-identically on the same device.
+
+The perturbation parameter is either sample-wise, shape (N, C, H, W), or class-wise,
+shape (K, C, H, W); :meth:`SourceRun.expand` turns it into per-sample perturbations and
+:meth:`SourceRun.update_poisons` runs one pass of an update rule over every batch,
+averaging the per-sample results per class in the class-wise case.
+
+Config classes that use it provide ``model``, ``batch_size``, ``lr``, ``momentum``,
+``weight_decay``, ``eps``, ``device``, ``bf16`` and ``channels_last``; ``lr_min`` is
+needed for the cosine schedule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import UnlearnableError
+from ..models import build_model
+from ..runtime import autocast, make_generator, prepare_model, resolve_device, seed_everything, to_model_input
+from ..train.loops import TensorData, batches, evaluate, sgd_cosine, train_epoch
+from .base import Checkpoint, rng_state, set_rng_state
+from .pgd import pgd, project
+
+# Config fields that do not change the poisons (a run may resume on another device).
+RUNTIME_KEYS = frozenset({"device", "bf16", "channels_last", "forward_chunk"})
+
+
+def fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
+    h = hashlib.sha1()
+    h.update(np.ascontiguousarray(images).tobytes())
+    h.update(np.ascontiguousarray(labels).tobytes())
+    return h.hexdigest()
+
+
+class SourceRun:
+    """The state of one source-model attack run, restored from ``workdir`` on resume.
+
+    ``schedule`` is ``"cosine"`` (SGD annealed over ``schedule_epochs`` scheduler steps,
+    the caller steps it) or ``"constant"``. The parameter is (N, C, H, W), or (K, C, H, W)
+    when ``classwise``; it starts at zero (the caller initialises it when :attr:`start`
+    is 0). Setup order (seed, generator, model, optimiser) is fixed:
+    it decides the random streams, so changing it changes every attack's output.
+    """
+
+    def __init__(self, name: str, cfg, train, *, seed: int, workdir=None, resume: bool = False,
+                 schedule: str = "cosine", schedule_epochs: int = 1, classwise: bool = False):
+        self.name, self.cfg, self.seed = name, cfg, seed
+        self.device = device = resolve_device(cfg.device)
+        seed_everything(seed)
+        self.gen = make_generator(seed)
+        self.model = prepare_model(build_model(cfg.model, train.channels, train.num_classes, train.image_size[0]),
+                                   device, cfg.channels_last)
+        if schedule == "cosine":
+            self.opt, self.sched = sgd_cosine(self.model, lr=cfg.lr, momentum=cfg.momentum,
+                                              weight_decay=cfg.weight_decay, epochs=schedule_epochs,
+                                              lr_min=cfg.lr_min)
+        elif schedule == "constant":
+            self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                       weight_decay=cfg.weight_decay)
+            self.sched = None
+        else:
+            raise ValueError(f"unknown schedule {schedule!r}")
+        self.data = TensorData.from_dataset(train, device)
+        self.num_classes = train.num_classes
+        self.classwise = classwise
+        shape = (train.num_classes, *self.data.x.shape[1:]) if classwise else tuple(self.data.x.shape)
+        self.param = torch.zeros(shape, dtype=torch.float32, device=device)
+        self.determining = {k: v for k, v in asdict(cfg).items() if k not in RUNTIME_KEYS}
+        self.fp = fingerprint(train.images, train.labels)
+        self.ckpt = Checkpoint(workdir) if workdir is not None else None
+        self.history: list[dict] = []
+        self.extra: dict = {}
+        self.start, elapsed = 0, 0.0
+        if resume and self.ckpt is not None and self.ckpt.exists():
+            state = self.ckpt.load()
+            if (state.get("method", name) != name or state["config"] != self.determining or state["seed"] != seed
+                    or state["fingerprint"] != self.fp):
+                raise UnlearnableError(f"{self.ckpt.path}: checkpoint was made with other data, config or seed; "
+                                       f"rerun without --resume (or with --overwrite)")
+            self.param.copy_(state["delta"].to(device))
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            if self.sched is not None:
+                self.sched.load_state_dict(state["scheduler"])
+            set_rng_state(self.gen, state["rng"])
+            self.start, self.history, elapsed = state["epoch"], list(state["history"]), state["elapsed"]
+            self.extra = dict(state.get("extra", {}))
+        self.t0 = time.time() - elapsed
+
+    # -- bookkeeping ---------------------------------------------------------------
+    def seconds(self) -> float:
+        return round(time.time() - self.t0, 2)
+
+    def save(self, epoch: int, **extra) -> None:
+        """Checkpoint after ``epoch`` units of work (a no-op without a workdir)."""
+        self.extra.update(extra)
+        if self.ckpt is None:
+            return
+        self.ckpt.save({"method": self.name, "epoch": epoch, "delta": self.param.cpu(),
+                        "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                        "scheduler": self.sched.state_dict() if self.sched is not None else None,
+                        "rng": rng_state(self.gen), "history": self.history, "config": self.determining,
+                        "seed": self.seed, "fingerprint": self.fp, "elapsed": time.time() - self.t0,
+                        "extra": self.extra})
+
+    def info(self, **more) -> dict:
+        return {"history": self.history, "seconds": self.seconds(), "config": asdict(self.cfg),
+                "resumed_from_epoch": self.start, **more}
+
+    # -- perturbations -------------------------------------------------------------
+    def expand(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample perturbations (rows ``idx``, or all) from the parameter."""
+        if idx is None:
+            return self.param[self.data.y] if self.classwise else self.param
+        return self.param[self.data.y[idx]] if self.classwise else self.param[idx]
+
+    def final_delta(self) -> torch.Tensor:
+        """The per-sample perturbation on the CPU, projected to the budget and pixel range."""
+        out = torch.empty(self.data.x.shape, dtype=torch.float32)
+        for idx in batches(len(self.data), 1024, None, self.device):
+            x, _ = self.data.batch(idx)
+            out[idx.cpu()] = project(x, self.expand(idx), self.cfg.eps).cpu()
+        return out
+
+    def init_uniform(self) -> None:
+        """Uniform noise in [-eps, eps] from the run's generator (EM's initialisation)."""
+        noise = torch.rand(self.param.shape, generator=self.gen).to(self.device)
+        self.param.copy_((noise * 2 - 1) * self.cfg.eps)
+
+    def update_poisons(self, update: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], *,
+                       shuffle: bool = True, on_batch=None, start_batch: int = 0, stop_batch: int | None = None):
+        """Run ``update(x, y, delta) -> new delta`` over the batches of the training set.
+
+        Sample-wise: the result replaces the batch's rows. Class-wise: every class seen in
+        the batch takes the mean of its samples' new perturbations, clipped to eps (the
+        per-class averaging of Huang et al. 2021), so later batches start from it.
+        ``start_batch``/``stop_batch`` select a slice of an unshuffled pass (for attacks
+        that checkpoint inside one pass).
+        """
+        gen = self.gen if shuffle else None
+        for b, idx in enumerate(batches(len(self.data), self.cfg.batch_size, gen, self.device)):
+            if b < start_batch:
+                continue
+            if stop_batch is not None and b >= stop_batch:
+                break
+            x, y = self.data.batch(idx)
+            new = update(x, y, self.expand(idx))
+            if self.classwise:
+                sums = torch.zeros_like(self.param).index_add_(0, y, new)
+                counts = torch.bincount(y, minlength=self.param.shape[0])
+                seen = counts > 0
+                self.param[seen] = (sums[seen] / counts[seen].view(-1, 1, 1, 1)).clamp_(-self.cfg.eps, self.cfg.eps)
+            else:
+                self.param[idx] = new
+            if on_batch is not None:
+                on_batch()
+
+    # -- training ------------------------------------------------------------------
+    def train_pass(self, augment=None, *, delta: torch.Tensor | None = None, max_batches: int | None = None,
+                   perturb=None, on_batch=None) -> tuple[float, float]:
+        return train_epoch(self.model, self.opt, self.data, batch_size=self.cfg.batch_size, generator=self.gen,
+                           augment=augment, delta=delta, bf16=self.cfg.bf16, channels_last=self.cfg.channels_last,
+                           on_batch=on_batch, max_batches=max_batches, perturb=perturb)
+
+    def accuracy(self, delta: torch.Tensor | None = None) -> float:
+        """Source-model accuracy on the (poisoned, when ``delta`` is given) training set."""
+        return evaluate(self.model, self.data, batch_size=max(256, self.cfg.batch_size), bf16=self.cfg.bf16,
+                        channels_last=self.cfg.channels_last, delta=delta)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.cfg.bf16):
+            out = self.model(to_model_input(x, self.cfg.channels_last))
+        return out.float()
+
+    def ce(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.logits(x), y)
+
+    def adversary(self, radius: float, steps: int, step_size: float) -> Callable:
+        """A ``perturb`` hook for :meth:`train_pass`: PGD that maximises CE within ``radius``
+        (random start, eval-mode model so BN statistics are not updated by the attack)."""
+        def perturb(model, x, y):
+            if radius <= 0 or steps <= 0:
+                return x
+            model.eval()
+            rho = pgd(lambda inp: self.ce(inp, y), x, torch.zeros_like(x), steps=steps, step_size=step_size,
+                      eps=radius, minimize=False, random_start=True, generator=self.gen)
+            model.train()
+            return x + rho
+        return perturb
