@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import UnlearnableError
+from .estimators import _torch_threads
 
 
 def linear_train_accuracy(x: np.ndarray, labels: np.ndarray, *, steps: int = 200, l2: float = 0.0,
@@ -40,9 +41,11 @@ def linear_train_accuracy(x: np.ndarray, labels: np.ndarray, *, steps: int = 200
             loss = loss + 0.5 * l2 * lin.weight.pow(2).sum()
         loss.backward()
         return loss
-    opt.step(closure)
-    with torch.no_grad():
-        return float((lin(xs).argmax(1) == yt).float().mean())
+    # small problems run single-threaded: intra-op threads only add synchronisation there
+    with _torch_threads(1 if xs.numel() < 20_000_000 else torch.get_num_threads()):
+        opt.step(closure)
+        with torch.no_grad():
+            return float((lin(xs).argmax(1) == yt).float().mean())
 
 
 def separability_report(clean_images: np.ndarray, poisoned_images: np.ndarray, labels: np.ndarray, *,
