@@ -17,7 +17,7 @@ from ..errors import UnlearnableError
 from ..progress import log
 from .covariance import compare_covariance
 from .estimators import ESTIMATORS, make_estimator
-from .features import paired_features
+from .features import extract_features, paired_features
 from .relations import mi_gap, relate
 from .separability import separability_report
 from .sliced import direction_pairs, sliced_mi
@@ -101,8 +101,8 @@ def run_measure(poisoned: list[str], *, clean: str | None = None, model: str = "
                                        for c in np.unique(labels)]))
     net, model_info = _model(model, base, device=device, train_epochs=train_epochs, seed=seed)
     t_feat = time.time()
-    zc, _ = paired_features(net, clean_ds.take(rows), base.poisoned.take(rows))
-    zps = [paired_features(net, clean_ds.take(rows), pd.poisoned.take(rows))[1] for pd in sets]
+    zc, zp0 = paired_features(net, clean_ds.take(rows), base.poisoned.take(rows))
+    zps = [zp0] + [extract_features(net, pd.poisoned.take(rows)) for pd in sets[1:]]
     lab = labels[rows]
     feat_s = time.time() - t_feat
     out = {"clean": clean or f"{base.path} (poisoned - perturbation)", "model": model_info,
