@@ -61,11 +61,18 @@ def test_measure_cli_writes_json_and_table(tiny, capsys):
 
 
 def test_measure_cli_with_clean_spec_trained_model_and_mine(tiny, capsys):
-    rc = main(["-q", "measure", "--poisoned", str(tiny / "pois"), "--clean", str(tiny / "clean.npz"),
-               "--model", "cnn", "--train-epochs", "1", "--estimators", "ksg,mine", "--slices", "4", "--pooled",
-               "--no-separability", "--no-covariance", "--device", "cpu"])
+    # the same folder twice: the slice-by-slice gap difference between them is exactly 0
+    out = tiny / "res2.json"
+    rc = main(["-q", "measure", "--poisoned", str(tiny / "pois"), str(tiny / "pois"), "--clean",
+               str(tiny / "clean.npz"), "--model", "cnn", "--train-epochs", "1", "--estimators", "ksg,mine",
+               "--slices", "4", "--pooled", "--no-separability", "--no-covariance", "--device", "cpu",
+               "--out", str(out)])
     text = capsys.readouterr().out
     assert rc == 0 and "pooled" in text and "mine" in text
+    res = json.loads(out.read_text())
+    assert res["model"]["trained_here"] and res["reference"]["mine"]["m"] == 4
+    vf = res["results"][1]["mi_gap"]["ksg"]["vs_first"]
+    assert vf["diff"] == 0 and vf["se_paired"] == 0
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UnlearnableError
-from ..progress import log
+from ..progress import bar, log
 from .covariance import compare_covariance
 from .estimators import ESTIMATORS, make_estimator
 from .features import extract_features, paired_features
@@ -114,20 +114,31 @@ def run_measure(poisoned: list[str], *, clean: str | None = None, model: str = "
     for pd in sets:
         out["results"].append({"poisoned": str(pd.path), "method": pd.manifest.get("method"),
                                "eps_255": pd.manifest.get("eps_255"), "mi": {}, "mi_gap": {}})
-    for name in estimators:
-        m = slices or DEFAULT_SLICES[name]
-        out["settings"]["slices"][name] = m
-        theta, phi = direction_pairs(m, zc.shape[1], zc.shape[1], seed)
-        est = make_estimator(name)
-        t = time.time()
-        ref = sliced_mi(zc, zc, lab, estimator=est, conditional=conditional, directions=(theta, phi), seed=seed)
-        out["reference"][name] = {**ref.to_dict(), "seconds": round(time.time() - t, 2)}
-        for r, zp in zip(out["results"], zps):
+    with bar(total=len(estimators) * (1 + len(sets)), desc="sliced MI", unit="set") as pb:
+        for name in estimators:
+            m = slices or DEFAULT_SLICES[name]
+            out["settings"]["slices"][name] = m
+            theta, phi = direction_pairs(m, zc.shape[1], zc.shape[1], seed)
+            est = make_estimator(name)
+            pb.set_postfix(estimator=name, m=m)
             t = time.time()
-            res = sliced_mi(zc, zp, lab, estimator=est, conditional=conditional, directions=(theta, phi), seed=seed)
-            r["mi"][name] = {**res.to_dict(), "seconds": round(time.time() - t, 2)}
-            r["mi_gap"][name] = mi_gap(ref, res)
-        log(f"{name}: done in {time.time() - t:.1f}s per set (m={m})")
+            ref = sliced_mi(zc, zc, lab, estimator=est, conditional=conditional, directions=(theta, phi), seed=seed)
+            out["reference"][name] = {**ref.to_dict(), "seconds": round(time.time() - t, 2)}
+            pb.update()
+            first = None
+            for r, zp in zip(out["results"], zps):
+                t = time.time()
+                res = sliced_mi(zc, zp, lab, estimator=est, conditional=conditional, directions=(theta, phi),
+                                seed=seed)
+                r["mi"][name] = {**res.to_dict(), "seconds": round(time.time() - t, 2)}
+                r["mi_gap"][name] = mi_gap(ref, res)
+                if first is None:
+                    first = (r["poisoned"], res)
+                else:  # gap difference to the first folder, slice by slice (same directions)
+                    d = first[1].slices - res.slices
+                    r["mi_gap"][name]["vs_first"] = {"folder": first[0], "diff": float(d.mean()),
+                                                     "se_paired": float(d.std(ddof=1) / np.sqrt(len(d)))}
+                pb.update()
     for r, zp, pd in zip(out["results"], zps, sets):
         if covariance:
             r["covariance"] = compare_covariance(zc, zp, lab)
@@ -168,6 +179,12 @@ def format_table(res: dict) -> str:
             label = (r.get("method") or "?") + " " + Path(r["poisoned"]).name
             lines.append(f"{'':<9} {'':>5} {label[:22]:<22} {mi['mean']:>9.4f} {mi['se']:>8.4f} {g['gap']:>9.4f} "
                          f"{g['se']:>8.4f} {g.get('se_paired', float('nan')):>9.4f}")
+    for name in res["reference"]:
+        for r in res["results"][1:]:
+            vf = r["mi_gap"][name].get("vs_first")
+            if vf:
+                lines.append(f"{name}: gap({Path(r['poisoned']).name}) - gap({Path(vf['folder']).name}) = "
+                             f"{vf['diff']:.4f} (paired SE {vf['se_paired']:.4f})")
     params = "; ".join(f"{k}: " + ", ".join(f"{a}={b}" for a, b in v["params"].items())
                        for k, v in res["reference"].items())
     lines.append(f"params: {params}")
