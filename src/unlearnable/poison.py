@@ -50,6 +50,7 @@ def poison_dataset(method: str, data: str | DataSplits, out: str | Path, *, subs
     poisoned = quantize(train.images, result.delta, eps)
     manifest = write_poisoned(
         out, train, poisoned, eps=eps, method=method, test=splits.test, overwrite=overwrite,
+        l0_pixels=attack.l0_pixels(),
         manifest_extra={"seed": seed, "preset": preset, "config": result.info.get("config", {}),
                         "history": result.info.get("history", []), "data": str(splits.name),
                         "subset": subset, "timings": {"generate_s": round(gen_s, 2)},

@@ -68,6 +68,16 @@ class Attack:
                  resume: bool = False) -> AttackResult:
         raise NotImplementedError
 
+    def l0_pixels(self) -> int | None:
+        """The L0 budget (pixel positions changed per image) of an L0 attack, else None.
+
+        An L-inf attack (the default) is bounded by ``config.eps`` alone. An attack that
+        returns a number here is written with both checks: at most that many changed pixel
+        positions per image, and L-inf at most ``config.eps``; the manifest records
+        ``norm: "l0"`` and ``l0_pixels``.
+        """
+        return None
+
 
 def check_eps(eps: float) -> None:
     if not (0 < eps <= 1):

@@ -75,13 +75,23 @@ def package_versions() -> dict:
             "torch": torch.__version__, "numpy": np.__version__}
 
 
+def l0_counts(delta: np.ndarray) -> np.ndarray:
+    """Changed pixel positions per image (a pixel counts once whatever its channels)."""
+    return np.any(delta != 0, axis=3).reshape(len(delta), -1).sum(axis=1)
+
+
 def write_poisoned(out: str | os.PathLike, clean: ImageDataset, poisoned_images: np.ndarray, *,
                    eps: float, method: str, test: ImageDataset | None = None,
-                   manifest_extra: dict | None = None, overwrite: bool = False) -> dict:
+                   manifest_extra: dict | None = None, overwrite: bool = False,
+                   l0_pixels: int | None = None) -> dict:
     """Write a protected dataset to ``out`` and return its manifest.
 
     Refuses (raises) when any written pixel differs from the clean one by more than the
     budget, when shapes disagree, or when ``out`` is not empty and ``overwrite`` is off.
+    ``l0_pixels`` declares an L0 threat model: each image may differ from the clean one
+    in at most that many pixel positions. It is checked in addition to the L-inf budget
+    ``eps`` (an L0 attack passes ``eps=1`` for an unbounded change), and the manifest
+    records ``norm: "l0"``, ``l0_pixels`` and the measured ``l0_max``.
     """
     out = prepare_output_dir(out, overwrite)
     if poisoned_images.dtype != np.uint8 or poisoned_images.shape != clean.images.shape:
@@ -94,6 +104,14 @@ def write_poisoned(out: str | os.PathLike, clean: ImageDataset, poisoned_images:
     limit = budget_levels(eps)
     if linf > limit:
         raise UnlearnableError(f"refusing to write: perturbation reaches {linf}/255, budget is {limit}/255")
+    l0_max = None
+    if l0_pixels is not None:
+        if int(l0_pixels) != l0_pixels or l0_pixels < 1:
+            raise UnlearnableError(f"l0_pixels must be a positive integer, got {l0_pixels}")
+        l0_max = int(l0_counts(delta).max()) if delta.size else 0
+        if l0_max > l0_pixels:
+            raise UnlearnableError(f"refusing to write: perturbation changes {l0_max} pixels of an image, "
+                                   f"L0 budget is {l0_pixels}")
 
     t0 = time.time()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -120,11 +138,13 @@ def write_poisoned(out: str | os.PathLike, clean: ImageDataset, poisoned_images:
         manifest = {
             "format": "unlearnable-poisoned", "format_version": FORMAT_VERSION,
             "method": method, "eps_255": round(eps * 255.0, 6), "linf_255": linf,
-            "norm": "linf", "image_shape": list(clean.images.shape[1:]),
+            "norm": "linf" if l0_pixels is None else "l0", "image_shape": list(clean.images.shape[1:]),
             "class_names": clean.class_names, "class_folders": folders,
             "source": clean.source, "counts": counts, "versions": package_versions(),
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        if l0_pixels is not None:
+            manifest.update(l0_pixels=int(l0_pixels), l0_max=l0_max)
         manifest.update(manifest_extra or {})
         manifest.setdefault("timings", {})["write_s"] = round(time.time() - t0, 3)
         write_json(tmp / "manifest.json", manifest)
@@ -180,6 +200,8 @@ def read_poisoned(path: str | os.PathLike) -> PoisonedDataset:
     linf = int(np.abs(delta).max()) if delta.size else 0
     if linf != manifest.get("linf_255"):
         raise UnlearnableError(f"{path}: perturbation L-inf {linf} differs from the manifest's {manifest.get('linf_255')}")
+    if manifest.get("norm") == "l0" and delta.size and int(l0_counts(delta).max()) > manifest["l0_pixels"]:
+        raise UnlearnableError(f"{path}: perturbation changes more pixels than the manifest's l0_pixels")
     src = manifest.get("source", str(path))
     indices = arrays.get("source_indices")
     clean_ds = ImageDataset(clean.astype(np.uint8), labels, names, source=src, indices=indices)
