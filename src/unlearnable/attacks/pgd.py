@@ -40,3 +40,12 @@ def pgd(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, delta:
         with torch.no_grad():
             delta = project(x, delta + sign * step_size * grad.sign(), eps)
     return delta.detach()
+
+
+def project_dataset(images, delta: torch.Tensor, eps: float, chunk: int = 1024) -> torch.Tensor:
+    """:func:`project` for a whole dataset, in place and chunk by chunk: ``images`` uint8
+    NHWC (numpy), ``delta`` float NCHW on the CPU. Returns ``delta``."""
+    for i in range(0, len(delta), chunk):
+        x = torch.from_numpy(images[i:i + chunk]).permute(0, 3, 1, 2).float() / 255.0
+        delta[i:i + chunk] = project(x, delta[i:i + chunk], eps)
+    return delta

@@ -28,9 +28,11 @@ import torch.nn.functional as F
 
 from ..errors import UnlearnableError
 from ..models import build_model
+from ..progress import bar
 from ..runtime import autocast, make_generator, prepare_model, resolve_device, seed_everything, to_model_input
-from ..train.loops import TensorData, batches, evaluate, sgd_cosine, train_epoch
-from .base import Checkpoint, rng_state, set_rng_state
+from ..train.loops import TensorData, batches, evaluate, num_batches, sgd_cosine, train_epoch
+from ..data.augment import build_augment
+from .base import AttackResult, Checkpoint, rng_state, set_rng_state
 from .pgd import pgd, project
 
 # Config fields that do not change the poisons (a run may resume on another device).
@@ -199,3 +201,81 @@ class SourceRun:
             model.train()
             return x + rho
         return perturb
+
+
+CRAFT_CHUNK = 16  # poison batches between checkpoints while crafting (does not change the result)
+
+
+def train_then_craft(run: SourceRun, *, epochs: int, augment, update_factory, perturb=None,
+                     desc: str = "") -> None:
+    """Train the source model on clean data, then craft every poison once against it.
+
+    ``epochs`` passes of SGD (the cosine schedule, stepped per epoch; ``perturb`` is an
+    optional :func:`train_epoch` hook, e.g. :meth:`SourceRun.adversary` for a robust
+    source model), then one unshuffled pass of ``update_factory(run)`` (called once, with
+    the trained model in eval mode) over the poisons. A checkpoint follows each epoch and
+    each :data:`CRAFT_CHUNK` poison batches, so a killed run resumes where it stopped.
+    """
+    cfg = run.cfg
+    n_b = num_batches(len(run.data), cfg.batch_size)
+    chunks = -(-n_b // CRAFT_CHUNK)
+    total = epochs + chunks
+    update = None
+    initial = min(run.start, epochs) * n_b + max(0, run.start - epochs) * CRAFT_CHUNK
+    with bar(total=epochs * n_b + n_b, initial=initial, desc=desc or run.name, unit="batch") as pb:
+        for unit in range(run.start, total):
+            if unit < epochs:
+                ce, acc = run.train_pass(augment, perturb=perturb, on_batch=pb.update)
+                run.sched.step()
+                run.history.append({"epoch": unit + 1, "source_ce": round(ce, 5), "source_train_acc": round(acc, 5),
+                                    "seconds": run.seconds()})
+                pb.set_postfix(acc=f"{acc:.3f}")
+            else:
+                if update is None:
+                    run.model.eval()
+                    update = update_factory(run)
+                c = unit - epochs
+                run.update_poisons(update, shuffle=False, start_batch=c * CRAFT_CHUNK,
+                                   stop_batch=(c + 1) * CRAFT_CHUNK, on_batch=pb.update)
+            run.save(unit + 1)
+
+
+def run_min_min(attack, train, *, seed: int, workdir, resume: bool, update_factory, model_perturb=None):
+    """The error-minimising rounds shared by EM, REM and SEM; returns an AttackResult.
+
+    Each round: ``cfg.train_steps`` source-model batches on the poisoned data (a fresh
+    shuffle, ``cfg.train_augment``; ``model_perturb(run)``, when given, returns a
+    :func:`train_epoch` ``perturb`` hook, e.g. REM's adversarial training), then one
+    shuffled pass of ``update_factory(run)`` over all poisons with the model in eval
+    mode, then the source model's accuracy on the poisoned training set (no
+    augmentation); stop once it reaches ``cfg.stop_at`` (None: never) or after
+    ``cfg.epochs`` rounds. The parameter is class-wise when ``cfg.mode == "class"``; it
+    starts uniform in [-eps, eps] when ``cfg.init == "uniform"``. Checkpointed per round.
+    """
+    cfg = attack.config
+    run = SourceRun(attack.name, cfg, train, seed=seed, workdir=workdir, resume=resume, schedule="constant",
+                    classwise=getattr(cfg, "mode", "sample") == "class")
+    if run.start == 0 and cfg.init == "uniform":
+        run.init_uniform()
+    augment = build_augment(cfg.train_augment, cfg.crop_padding)
+    stop_at = cfg.stop_at
+    per_round = min(cfg.train_steps, num_batches(len(run.data), cfg.batch_size)) + \
+        num_batches(len(run.data), cfg.batch_size)
+    perturb = model_perturb(run) if model_perturb is not None else None
+    update = update_factory(run)
+    done = bool(run.extra.get("done", False))
+    with bar(total=cfg.epochs * per_round, initial=run.start * per_round, desc=attack.name, unit="batch") as pb:
+        for rnd in range(run.start, cfg.epochs):
+            if done:
+                break
+            ce, acc = run.train_pass(augment, delta=run.expand(), max_batches=cfg.train_steps, perturb=perturb,
+                                     on_batch=pb.update)
+            run.model.eval()
+            run.update_poisons(update, on_batch=pb.update)
+            poisoned_acc = run.accuracy(run.expand())
+            done = stop_at is not None and poisoned_acc >= stop_at
+            run.history.append({"epoch": rnd + 1, "source_ce": round(ce, 5), "source_train_acc": round(acc, 5),
+                                "poisoned_train_acc": round(poisoned_acc, 5), "seconds": run.seconds()})
+            pb.set_postfix(acc=f"{poisoned_acc:.3f}")
+            run.save(rnd + 1, done=done)
+    return AttackResult(delta=run.final_delta(), info=run.info(stopped=done, rounds=len(run.history)))
