@@ -1,10 +1,19 @@
 """Attacks (unlearnable-example generators): one module each, a shared PGD engine, a registry."""
 
+from .ap import AP, APUntargeted
+from .ar import AR
 from .base import Attack, AttackResult, attack_names, get_attack, register_attack
+from .em import EM, EMClass
+from .entf import ENTF
 from .losses import mi_loss, mi_loss_naive, mi_loss_per_sample
+from .lsp import LSP
 from .mi_ue import MIUE, MIUEConfig
+from .ops import OPS
 from .pgd import pgd, project
 from .random_noise import RandomNoise
+from .rem import REM
+from .sem import SEM
 
 __all__ = ["Attack", "AttackResult", "attack_names", "get_attack", "register_attack", "mi_loss",
-           "mi_loss_naive", "mi_loss_per_sample", "MIUE", "MIUEConfig", "RandomNoise", "pgd", "project"]
+           "mi_loss_naive", "mi_loss_per_sample", "MIUE", "MIUEConfig", "RandomNoise", "pgd", "project",
+           "EM", "EMClass", "AP", "APUntargeted", "AR", "LSP", "OPS", "REM", "SEM", "ENTF"]
