@@ -98,3 +98,13 @@ def test_resume_after_kill_is_bit_identical(tiny_npz, tmp_path):
     np.testing.assert_array_equal(a.poisoned.images, b.poisoned.images)
     assert a.manifest["history"] == [dict(h, seconds=h2["seconds"]) for h, h2 in
                                      zip(b.manifest["history"], a.manifest["history"])]
+
+
+def test_paper_presets_match_appendix_e4():
+    c = MIUE.from_preset("paper-cifar10").config
+    assert (c.model, c.epochs, c.batch_size, c.lr, c.momentum, c.weight_decay, c.lr_min) == \
+        ("resnet-18", 100, 512, 0.5, 0.9, 1e-4, 1e-6)
+    assert (c.pgd_steps, c.tau, c.zeta, c.train_augment, c.crop_padding) == (10, 0.1, 0.1, "crop-flip", 4)
+    assert c.step_size * 255 == pytest.approx(0.2) and c.eps * 255 == pytest.approx(8)
+    i = MIUE.from_preset("paper-imagenet").config
+    assert (i.epochs, i.pgd_steps) == (50, 10) and i.step_size * 255 == pytest.approx(0.4)

@@ -36,13 +36,16 @@ def run_demo(out: str | Path, *, data: str = "fashion-mnist", subset: int = 5000
     log(f"[3/3] victim {vcfg.model} on protected data")
     pois = train_victim(protected.poisoned, protected.test, vcfg, seed=seed, desc="victim (protected)")
 
+    log("measuring sliced MI between clean and protected features (victim trained on clean data)")
+    mi = measure_mi_gap(clean.model, protected, seed=seed)
+
     results = {
         "data": splits.name, "subset": len(train), "test_size": len(splits.test), "seed": seed,
         "method": method, "preset": preset, "eps_255": manifest["eps_255"], "linf_255": manifest["linf_255"],
         "victim": vcfg.model, "victim_epochs": vcfg.epochs,
         "clean_acc": clean.test_acc, "poisoned_acc": pois.test_acc,
         "acc_gap": round(clean.test_acc - pois.test_acc, 5),
-        "poisoned_train_acc": pois.train_acc,
+        "poisoned_train_acc": pois.train_acc, "mi": mi,
         "times": {"generate_s": manifest["timings"]["generate_s"], "victim_clean_s": round(clean.seconds, 2),
                   "victim_poisoned_s": round(pois.seconds, 2)},
         "history": {"clean": clean.history, "poisoned": pois.history, "generation": manifest.get("history", [])},
@@ -51,6 +54,23 @@ def run_demo(out: str | Path, *, data: str = "fashion-mnist", subset: int = 5000
     results["seconds"] = round(time.time() - t0, 2)
     write_json(out / "results.json", results)
     return results
+
+
+def measure_mi_gap(model, protected, *, seed: int = 0, estimators=("hist", "ksg"), slices: int = 500) -> dict:
+    """Class-conditional sliced MI of g(X) with itself (the clean reference) and with g(X'),
+    and the MI gap, for each estimator; same directions on both sides."""
+    from ..measure import mi_gap, paired_features, sliced_mi
+    zc, zp = paired_features(model, protected.clean, protected.poisoned)
+    labels = protected.clean.labels
+    out = {}
+    for est in estimators:
+        ref = sliced_mi(zc, zc, labels, estimator=est, m=slices, seed=seed)
+        res = sliced_mi(zc, zp, labels, estimator=est, m=slices, seed=seed)
+        gap = mi_gap(ref, res)
+        out[est] = {"clean": round(ref.mean, 5), "poisoned": round(res.mean, 5), "gap": round(gap["gap"], 5),
+                    "se": round(gap.get("se_paired", gap["se"]), 5), "m": slices,
+                    "n_per_class": int(min(res.n_per_class.values())), "params": res.params}
+    return out
 
 
 def format_table(r: dict) -> str:
@@ -66,5 +86,8 @@ def format_table(r: dict) -> str:
     sep = "|" + "|".join("-" * (x + 2) for x in w) + "|"
     head = (f"{r['data']}: {r['subset']} training images, victim {r['victim']} ({r['victim_epochs']} epochs), "
             f"accuracy on the full {r['test_size']}-image clean test set")
-    return "\n".join([head, line(rows[0]), sep, line(rows[1]), line(rows[2]),
+    mi_lines = [f"sliced MI of clean vs protected features ({e}, m={v['m']}, n={v['n_per_class']}/class, nats): "
+                f"clean {v['clean']:.4f}, protected {v['poisoned']:.4f}, gap {v['gap']:.4f} +- {v['se']:.4f}"
+                for e, v in r.get("mi", {}).items()]
+    return "\n".join([head, line(rows[0]), sep, line(rows[1]), line(rows[2]), *mi_lines,
                       f"total wall time {r['seconds']:.0f} s"])

@@ -7,6 +7,14 @@ from .registry import build_model, model_names, register_model
 from .resnet import resnet18, resnet34, resnet50, resnet101, resnet152
 
 register_model("cnn", "convnet4", "cnn-4")(ConvNet4)
+
+
+def cnn_small(**kw):
+    """The 4-conv CNN at half width (16-32-64-128, about 0.1M parameters): a cheaper source model."""
+    return ConvNet4(width=16, **kw)
+
+
+register_model("cnn-small")(cnn_small)
 register_model("lenet-5", "lenet5", "lenet")(LeNet5)
 register_model("resnet-18", "resnet18")(resnet18)
 register_model("resnet-34", "resnet34")(resnet34)
