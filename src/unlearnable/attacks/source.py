@@ -176,6 +176,19 @@ class SourceRun:
                            augment=augment, delta=delta, bf16=self.cfg.bf16, channels_last=self.cfg.channels_last,
                            on_batch=on_batch, max_batches=max_batches, perturb=perturb)
 
+    def train_steps(self, steps: int, augment=None, *, delta: torch.Tensor | None = None, perturb=None,
+                    on_batch=None) -> tuple[float, float]:
+        """Exactly ``steps`` SGD batches: fresh shuffles, as many passes as it takes (a
+        small dataset has fewer batches than a round asks for). Returns mean loss, accuracy."""
+        n_b = num_batches(len(self.data), self.cfg.batch_size)
+        done, loss_sum, acc_sum, seen = 0, 0.0, 0.0, 0
+        while done < steps:
+            take = min(steps - done, n_b)
+            n = min(len(self.data), take * self.cfg.batch_size)
+            loss, acc = self.train_pass(augment, delta=delta, max_batches=take, perturb=perturb, on_batch=on_batch)
+            loss_sum, acc_sum, seen, done = loss_sum + loss * n, acc_sum + acc * n, seen + n, done + take
+        return loss_sum / max(1, seen), acc_sum / max(1, seen)
+
     def accuracy(self, delta: torch.Tensor | None = None) -> float:
         """Source-model accuracy on the (poisoned, when ``delta`` is given) training set."""
         return evaluate(self.model, self.data, batch_size=max(256, self.cfg.batch_size), bf16=self.cfg.bf16,
@@ -243,8 +256,8 @@ def train_then_craft(run: SourceRun, *, epochs: int, augment, update_factory, pe
 def run_min_min(attack, train, *, seed: int, workdir, resume: bool, update_factory, model_perturb=None):
     """The error-minimising rounds shared by EM, REM and SEM; returns an AttackResult.
 
-    Each round: ``cfg.train_steps`` source-model batches on the poisoned data (a fresh
-    shuffle, ``cfg.train_augment``; ``model_perturb(run)``, when given, returns a
+    Each round: ``cfg.train_steps`` source-model batches on the poisoned data (fresh
+    shuffles, ``cfg.train_augment``; ``model_perturb(run)``, when given, returns a
     :func:`train_epoch` ``perturb`` hook, e.g. REM's adversarial training), then one
     shuffled pass of ``update_factory(run)`` over all poisons with the model in eval
     mode, then the source model's accuracy on the poisoned training set (no
@@ -259,8 +272,7 @@ def run_min_min(attack, train, *, seed: int, workdir, resume: bool, update_facto
         run.init_uniform()
     augment = build_augment(cfg.train_augment, cfg.crop_padding)
     stop_at = cfg.stop_at
-    per_round = min(cfg.train_steps, num_batches(len(run.data), cfg.batch_size)) + \
-        num_batches(len(run.data), cfg.batch_size)
+    per_round = cfg.train_steps + num_batches(len(run.data), cfg.batch_size)
     perturb = model_perturb(run) if model_perturb is not None else None
     update = update_factory(run)
     done = bool(run.extra.get("done", False))
@@ -268,8 +280,8 @@ def run_min_min(attack, train, *, seed: int, workdir, resume: bool, update_facto
         for rnd in range(run.start, cfg.epochs):
             if done:
                 break
-            ce, acc = run.train_pass(augment, delta=run.expand(), max_batches=cfg.train_steps, perturb=perturb,
-                                     on_batch=pb.update)
+            ce, acc = run.train_steps(cfg.train_steps, augment, delta=run.expand(), perturb=perturb,
+                                      on_batch=pb.update)
             run.model.eval()
             run.update_poisons(update, on_batch=pb.update)
             poisoned_acc = run.accuracy(run.expand())
