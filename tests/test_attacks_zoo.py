@@ -12,7 +12,8 @@ import torch
 
 from unlearnable.attacks import attack_names, get_attack
 from unlearnable.attacks.ar import ar_generate, sample_filter
-from unlearnable.attacks.source import SourceRun
+from unlearnable.attacks.base import Checkpoint
+from unlearnable.attacks.ntga import block_limit, relu_ntk
 from unlearnable.data import load_dataset, quantize, read_poisoned, write_poisoned
 from unlearnable.data.dataset import ImageDataset
 from unlearnable.data.poisoned import budget_levels
@@ -22,7 +23,7 @@ from unlearnable.models.cnn import ConvNet4
 from unlearnable.poison import poison_dataset
 from unlearnable.train import train_victim, victim_preset
 
-ZOO = ["em", "em-class", "ap", "ap-untargeted", "ar", "lsp", "ops", "rem", "sem", "entf"]
+ZOO = ["em", "em-class", "ap", "ap-untargeted", "ar", "lsp", "ops", "rem", "sem", "entf", "ntga"]
 
 # A narrow CNN (4x cheaper than the default width) for the source models and victims here.
 if "test-cnn-w8" not in model_names():
@@ -38,6 +39,7 @@ FAST = {
     "rem": dict(_SRC, epochs=1, train_steps=2, pgd_steps=2, adv_steps=1, eot_samples=2),
     "sem": dict(_SRC, epochs=2, train_steps=2, pgd_steps=2, eot_samples=2),
     "entf": dict(_SRC, epochs=1, adv_steps=1, pgd_steps=2),
+    "ntga": dict(block_size=64, val_size=32, pgd_steps=2, device="cpu"),
     "ar": {}, "lsp": {}, "ops": {},
 }
 
@@ -107,32 +109,34 @@ def test_channels_and_sizes(size, channels):
         assert (x + d).min() >= -1e-6 and (x + d).max() <= 1 + 1e-6, method
 
 
-@pytest.mark.parametrize("method", ["em", "ap"])
+@pytest.mark.parametrize("method", ["em", "ap", "ntga"])
 def test_resume_after_crash_is_bit_identical(method, tiny_npz, tmp_path, monkeypatch):
     """Crash a run right after its second checkpoint, resume it, compare with a clean run.
 
     em: between min-min rounds; ap: inside the crafting pass (1 training epoch, then
-    checkpoints every 4 poison batches)."""
+    checkpoints every 4 poison batches); ntga: between kernel blocks."""
     import unlearnable.attacks.source as source
     train = _train(tiny_npz)
     if method == "em":
         over = dict(FAST[method], epochs=3, stop_acc=1.0)  # run every round
-    else:
+    elif method == "ap":
         over = dict(FAST[method], epochs=1, batch_size=16)
         monkeypatch.setattr(source, "CRAFT_CHUNK", 4)
+    else:
+        over = dict(FAST[method], block_size=40)
     full = get_attack(method)(**over).generate(train, seed=2)
-    real_save, calls = SourceRun.save, []
+    real_save, calls = Checkpoint.save, []
 
-    def crashing_save(self, epoch, **extra):
-        real_save(self, epoch, **extra)
-        calls.append(epoch)
+    def crashing_save(self, state):
+        real_save(self, state)
+        calls.append(state["epoch"])
         if len(calls) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(SourceRun, "save", crashing_save)
+    monkeypatch.setattr(Checkpoint, "save", crashing_save)
     with pytest.raises(KeyboardInterrupt):
         get_attack(method)(**over).generate(train, seed=2, workdir=tmp_path)
-    monkeypatch.setattr(SourceRun, "save", real_save)
+    monkeypatch.setattr(Checkpoint, "save", real_save)
     resumed = get_attack(method)(**over).generate(train, seed=2, workdir=tmp_path, resume=True)
     assert resumed.info["resumed_from_epoch"] == 2
     assert torch.equal(resumed.delta, full.delta)
@@ -174,6 +178,18 @@ def test_ar_filter_predicts_its_process():
     p = ar_generate(f.expand(2, 1, 3, 3).contiguous(), (12, 12), 4, gen).double()
     pred = torch.nn.functional.conv2d(p, f.view(1, 1, 3, 3))  # window ending at (i+2, j+2)
     assert torch.allclose(pred, p[:, :, 2:, 2:], rtol=1e-3, atol=1e-3 * p.abs().max().item())
+
+
+def test_ntga_kernel_and_memory_bound():
+    """The closed-form NTK is a symmetric PSD kernel; blocks shrink to fit the memory cap."""
+    x = torch.rand(12, 20, dtype=torch.float64)
+    k = relu_ntk(x, x, depth=3, w_var=2.0, b_var=0.01)
+    assert torch.allclose(k, k.T) and torch.linalg.eigvalsh(k).min() > -1e-8
+    # With depth 0 it is the (scaled) linear kernel.
+    assert torch.allclose(relu_ntk(x, x, depth=0, w_var=2.0, b_var=0.0), 2.0 * x @ x.T / 20)
+    assert block_limit(512, 1024, 3, max_mb=1e6) == 512
+    small = block_limit(512, 1024, 3, max_mb=16)
+    assert small < 512 and (small * small + 1024 * small) * 8 * 26 / 2**20 <= 16
 
 
 def test_l0_writer_checks_both_norms(tmp_path):
@@ -245,6 +261,7 @@ def test_each_attack_beats_random_noise():
         "sem": dict(flip, epochs=4, train_steps=5, pgd_steps=4, step_size=eps / 3, adv_eps=eps / 8,
                     eot_samples=1, eot_augment="flip"),
         "entf": dict(flip, epochs=4, adv_eps=eps / 8, adv_steps=2, pgd_steps=10, pgd_augment="flip"),
+        "ntga": dict(block_size=160, val_size=160, device="cpu"),
         "ar": dict(), "lsp": dict(), "ops": dict(),
     }
     assert set(settings) == set(ZOO) | {"random"}

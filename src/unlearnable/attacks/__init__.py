@@ -8,6 +8,7 @@ from .entf import ENTF
 from .losses import mi_loss, mi_loss_naive, mi_loss_per_sample
 from .lsp import LSP
 from .mi_ue import MIUE, MIUEConfig
+from .ntga import NTGA
 from .ops import OPS
 from .pgd import pgd, project
 from .random_noise import RandomNoise
@@ -16,4 +17,4 @@ from .sem import SEM
 
 __all__ = ["Attack", "AttackResult", "attack_names", "get_attack", "register_attack", "mi_loss",
            "mi_loss_naive", "mi_loss_per_sample", "MIUE", "MIUEConfig", "RandomNoise", "pgd", "project",
-           "EM", "EMClass", "AP", "APUntargeted", "AR", "LSP", "OPS", "REM", "SEM", "ENTF"]
+           "EM", "EMClass", "AP", "APUntargeted", "AR", "LSP", "OPS", "REM", "SEM", "ENTF", "NTGA"]
