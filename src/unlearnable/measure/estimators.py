@@ -342,30 +342,34 @@ class KSGMI(MIEstimator):
             raise UnlearnableError(f"KSG with k={self.k} needs more than {self.k} samples per slice, got {n}")
         x = _standardize(torch.as_tensor(u, dtype=torch.float64))
         y = _standardize(torch.as_tensor(v, dtype=torch.float64))
-        if self.noise > 0:
-            x = x + self.noise * torch.randn(x.shape, generator=gen, dtype=torch.float64)
-            y = y + self.noise * torch.randn(y.shape, generator=gen, dtype=torch.float64)
+        if self.noise > 0:  # uniform in [-noise, noise]
+            x += self.noise * (2 * torch.rand(x.shape, generator=gen, dtype=torch.float64) - 1)
+            y += self.noise * (2 * torch.rand(y.shape, generator=gen, dtype=torch.float64) - 1)
         dt = torch.float32 if self.precision == "float32" else torch.float64
         x, y = x.to(dt), y.to(dt)
-        eps, qu, qv, valid = self._knn_eps(x, y)
-        # counts in float64 on the same (rounded) coordinates
-        r = eps.double() * (1 - self._shrink)
-        qu, qv = qu.double(), qv.double()
-        sx = torch.sort(x.double(), dim=1).values
-        sy = torch.sort(y.double(), dim=1).values
-        nx = (torch.searchsorted(sx, qu + r) - torch.searchsorted(sx, qu - r, right=True) - 1).clamp_(min=0)
-        ny = (torch.searchsorted(sy, qv + r) - torch.searchsorted(sy, qv - r, right=True) - 1).clamp_(min=0)
-        psi = torch.special.digamma
-        terms = (psi(nx.double() + 1) + psi(ny.double() + 1)) * valid
+        sy, oy = torch.sort(y, dim=1)
+        eps, orig, sx, ox = self._knn_eps(x, y, sy, torch.gather(x, 1, oy))
+        # counts, in float64 on the same (rounded) coordinates, with the queries in sorted
+        # order (u-sorted for nx, v-sorted for ny): the binary searches then stay in cache
+        eps_i = torch.empty((m, n), dtype=eps.dtype)
+        eps_i.scatter_(1, orig, eps)  # back to the original order
+        sx, sy = sx.double(), sy.double()
+        rx = torch.gather(eps_i, 1, ox).double() * (1 - self._shrink)
+        ry = torch.gather(eps_i, 1, oy).double() * (1 - self._shrink)
+        nx = (torch.searchsorted(sx, sx + rx) - torch.searchsorted(sx, sx - rx, right=True) - 1).clamp_(min=0)
+        ny = (torch.searchsorted(sy, sy + ry) - torch.searchsorted(sy, sy - ry, right=True) - 1).clamp_(min=0)
+        psi = torch.special.digamma(torch.arange(1, n + 1, dtype=torch.float64))  # psi(c + 1), c = 0 .. n-1
+        terms = psi[nx] + psi[ny]
         mean = terms.sum(1) / n
-        const = psi(torch.tensor(float(self.k), dtype=torch.float64)) + psi(torch.tensor(float(n), dtype=torch.float64))
+        const = psi[self.k - 1] + psi[n - 1]  # psi(k) + psi(n)
         return (const - mean).numpy()
 
-    def _knn_eps(self, x: torch.Tensor, y: torch.Tensor):
+    def _knn_eps(self, x: torch.Tensor, y: torch.Tensor, yv: torch.Tensor, xv: torch.Tensor):
         """k-th neighbour max-norm distance of every point, in a strip layout.
 
-        Returns (eps, u, v, valid), each (m, S*L): the points in strip order, with padding
-        points (valid = 0) filling the last strip.
+        ``yv`` is ``y`` sorted per row and ``xv`` the matching ``x``. Returns (eps, index,
+        x sorted, x argsort), each (m, n): eps of the points in strip order (padding
+        dropped) and their original indices, then the sorted rows of x and its argsort.
         """
         m, n = x.shape
         k, W = self.k, self.window
@@ -378,12 +382,14 @@ class KSGMI(MIEstimator):
         xs = torch.gather(x, 1, order)
         ys = torch.gather(y, 1, order)
         xs_real, ys_real = xs, ys
+        order_p = torch.nn.functional.pad(order, (0, npad), value=0) if npad else order
         if npad:
             pad = torch.full((m, npad), _BIG, dtype=dt)
             xs, ys = torch.cat([xs, pad], 1), torch.cat([ys, pad], 1)
         xs, ys = xs.view(m, S, L), ys.view(m, S, L)
         umin, umax = xs[:, :, 0], xs[:, :, -1]  # strip bounds in u (before sorting by v)
         ov = torch.argsort(ys, dim=2)
+        orig = torch.gather(order_p.view(m, S, L), 2, ov)  # original index of each slot
         U = torch.gather(xs, 2, ov)
         V = torch.gather(ys, 2, ov)
         valid = V < _BIG / 2
@@ -452,31 +458,36 @@ class KSGMI(MIEstimator):
         if bad.numel():
             r, c = bad[:, 0], bad[:, 1]
             eps = eps.clone()
-            eps[r, c] = self._brute(xs_real, ys_real, r, U[r, c], V[r, c], eps[r, c])
-        return eps, U, V, valid.to(torch.float64)
+            eps[r, c] = self._brute(xs_real, ys_real, yv, xv, r, U[r, c], V[r, c], eps[r, c])
+        keep = valid.nonzero(as_tuple=True)[1].view(m, n)  # real points, in slot order
+        return torch.gather(eps, 1, keep), torch.gather(orig.reshape(m, S * L), 1, keep), xs_real, order
 
-    def _brute(self, xs, ys, rows, qu, qv, upper):
+    def _brute(self, xs, ys, yv, xv, rows, qu, qv, upper):
         """Exact k-th distance for a few points by brute force within a 1-D range.
 
         ``upper`` bounds each point's k-th distance, so its neighbours lie within
         |du| <= upper and within |dv| <= upper: whichever range holds fewer points (in the
-        u-sorted or the v-sorted order) is searched.
+        u-sorted rows ``xs``/``ys`` or the v-sorted rows ``yv``/``xv``) is searched.
         """
         m, n = xs.shape
         k = self.k
         # widen the range a little: the neighbour that defines ``upper`` must not drop out by rounding
-        upper = torch.where(upper < _BIG / 2, upper * (1 + 1e-5), torch.full_like(upper, _BIG))
-        ov = torch.argsort(ys, dim=1)
-        yv, xv = torch.gather(ys, 1, ov), torch.gather(xs, 1, ov)
+        upper = torch.where(upper < _BIG / 2, upper * (1 + 1e-5), torch.full_like(upper, _BIG)).double()
         prim = torch.stack([xs, yv]).reshape(-1)  # the sorted coordinate, (2 m n)
         sec = torch.stack([ys, xv]).reshape(-1)  # the other one
+        # one searchsorted for all rows: shift row i by i * span so that the rows concatenate sorted
         a = torch.empty((2, len(rows)), dtype=torch.long)
         b = torch.empty((2, len(rows)), dtype=torch.long)
-        for r in rows.unique().tolist():  # per slice: batched searchsorted over its points
-            sel = rows == r
-            for mode, (sorted_, q) in enumerate(((xs[r], qu[sel]), (yv[r], qv[sel]))):
-                a[mode, sel] = torch.searchsorted(sorted_, q - upper[sel])
-                b[mode, sel] = torch.searchsorted(sorted_, q + upper[sel], right=True)
+        for mode, (sorted_, q) in enumerate(((xs, qu), (yv, qv))):
+            srt = sorted_.double()
+            span = float(srt[:, -1].max() - srt[:, 0].min()) * 2 + 4 * float(upper.clamp(max=1e6).max()) + 1
+            shift = torch.arange(m, dtype=torch.float64).unsqueeze(1) * span
+            flat = (srt + shift).reshape(-1)
+            qs = q.double() + shift[rows, 0]
+            up = upper.clamp(max=span / 4)
+            srt_q, perm = torch.sort(qs)  # queries in order: the binary searches stay in cache
+            a[mode, perm] = torch.searchsorted(flat, srt_q - up[perm]) - rows[perm] * n
+            b[mode, perm] = torch.searchsorted(flat, srt_q + up[perm], right=True) - rows[perm] * n
         mode = ((b[1] - a[1]) < (b[0] - a[0])).long()
         a, b = a.gather(0, mode[None])[0], b.gather(0, mode[None])[0]
         qp = torch.where(mode == 1, qv, qu)
@@ -525,7 +536,7 @@ class MINEMI(MIEstimator):
 
     name = "mine"
     _param_names = ("hidden", "iters", "batch", "lr", "ema", "holdout", "eval_shuffles", "seed")
-    chunk = 50
+    chunk = 25
 
     def __init__(self, hidden: int = 32, iters: int = 500, batch: int = 1000, lr: float = 2e-3, ema: float = 0.01,
                  holdout: float = 0.3, eval_shuffles: int = 8, seed: int = 0, device: str = "cpu"):
