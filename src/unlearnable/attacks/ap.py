@@ -73,7 +73,7 @@ class AP(Attack):
     name = "ap"
     Config = APConfig
     presets = {
-        "cpu": APConfig(),
+        "cpu": APConfig(crop_padding=2),  # 28 px embedded data (as mi-ue's cpu preset)
         "paper-cifar10": APConfig(model="resnet-18", epochs=40, batch_size=128, pgd_steps=250),
     }
 
@@ -116,6 +116,6 @@ class APUntargeted(AP):
     name = "ap-untargeted"
     Config = APUntargetedConfig
     presets = {
-        "cpu": APUntargetedConfig(),
+        "cpu": APUntargetedConfig(crop_padding=2),  # 28 px embedded data (as mi-ue's cpu preset)
         "paper-cifar10": APUntargetedConfig(model="resnet-18", epochs=40, batch_size=128, pgd_steps=250),
     }

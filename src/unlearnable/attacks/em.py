@@ -85,7 +85,7 @@ class EM(Attack):
     name = "em"
     Config = EMConfig
     presets = {
-        "cpu": EMConfig(),
+        "cpu": EMConfig(crop_padding=2),  # 28 px embedded data (as mi-ue's cpu preset)
         "paper-cifar10": EMConfig(model="resnet-18", epochs=100, batch_size=512, pgd_steps=20, step_size=0.8 / 255),
     }
 
@@ -113,7 +113,7 @@ class EMClass(EM):
     name = "em-class"
     Config = EMClassConfig
     presets = {
-        "cpu": EMClassConfig(),
+        "cpu": EMClassConfig(crop_padding=2),  # 28 px embedded data (as mi-ue's cpu preset)
         "paper-cifar10": EMClassConfig(model="resnet-18", epochs=100, batch_size=512, pgd_steps=20,
                                        step_size=0.8 / 255),
     }

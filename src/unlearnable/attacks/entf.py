@@ -110,7 +110,7 @@ class ENTF(Attack):
     name = "entf"
     Config = ENTFConfig
     presets = {
-        "cpu": ENTFConfig(),
+        "cpu": ENTFConfig(crop_padding=2),  # 28 px embedded data (as mi-ue's cpu preset)
         "paper-cifar10": ENTFConfig(model="resnet-18", epochs=40, batch_size=128, adv_steps=10, pgd_steps=100),
     }
 

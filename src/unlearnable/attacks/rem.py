@@ -109,7 +109,7 @@ class REM(Attack):
     name = "rem"
     Config = REMConfig
     presets = {
-        "cpu": REMConfig(),
+        "cpu": REMConfig(crop_padding=2),  # 28 px embedded data (as mi-ue's cpu preset)
         "paper-cifar10": REMConfig(model="resnet-18", epochs=100, batch_size=128, pgd_steps=10, step_size=0.8 / 255,
                                    adv_steps=10, eot_samples=5),
     }

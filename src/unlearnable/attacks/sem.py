@@ -32,7 +32,7 @@ class SEM(REM):
     name = "sem"
     Config = SEMConfig
     presets = {
-        "cpu": SEMConfig(),
+        "cpu": SEMConfig(crop_padding=2),  # 28 px embedded data (as mi-ue's cpu preset)
         "paper-cifar10": SEMConfig(model="resnet-18", epochs=100, batch_size=128, pgd_steps=10, step_size=0.8 / 255,
                                    eot_samples=5),
     }
