@@ -305,10 +305,10 @@ class KSGMI(MIEstimator):
     count the other points strictly closer than eps_i in each marginal. Values are not
     clipped at 0 (independent data gives about 0, sometimes below). Each slice is
     standardised per variable; ties (duplicate rows, all-zero ReLU features) are broken
-    with seeded noise of ``noise`` standard deviations (default 1e-6 in float32, 1e-10 in
-    float64, i.e. a few units of the last place); the marginal counts use a radius
-    ``1 - shrink`` below eps_i (1e-5 in float32, 1e-9 in float64), so the neighbour that
-    defines eps_i is never counted through rounding.
+    with seeded uniform noise of amplitude ``noise`` standard deviations (default 1e-6 in
+    float32, 1e-10 in float64, i.e. a few units of the last place); the marginal counts
+    use a radius a relative 1e-5 (float32) or 1e-9 (float64) below eps_i, so the
+    neighbour that defines eps_i is never counted through rounding.
 
     The exact k-NN search is vectorised over all slices of a chunk: points are cut into
     equal-count strips in u (``strip * sqrt(n)`` points each), sorted by v inside each
