@@ -43,7 +43,7 @@ class MIUEConfig:
     tau: float = 0.1
     zeta: float = 0.1
     distance_scale: str = "none"  # "none": the paper's Eq. 2; "dim": divide by the feature dimension
-    train_augment: str = "crop-flip"  # source-model training
+    train_augment: str = "none"  # source-model training (CPU default matches the CPU victim; paper: crop-flip)
     pgd_augment: str = "none"  # expectation over transformations inside PGD
     crop_padding: int = 2  # 4 is the CIFAR (32 px) setting; 2 suits 28 px images
     forward_chunk: int = 128  # features computed in chunks (eval-mode BN: same result, better cache use)
