@@ -26,7 +26,7 @@ import torch
 
 from ..data.augment import build_augment
 from ..errors import UnlearnableError
-from .base import Attack, AttackResult, check_eps, register_attack
+from .base import Attack, AttackResult, check_eps, check_positive, register_attack
 from .pgd import pgd
 from .source import SourceRun, train_then_craft
 
@@ -55,9 +55,7 @@ class APConfig:
 
     def validate(self):
         check_eps(self.eps)
-        for k in ("epochs", "batch_size", "pgd_steps"):
-            if int(getattr(self, k)) <= 0:
-                raise UnlearnableError(f"ap: {k} must be positive, got {getattr(self, k)}")
+        check_positive("ap", self, ("epochs", "batch_size", "pgd_steps"))
         if self.lr <= 0 or (self.step_size is not None and self.step_size <= 0):
             raise UnlearnableError("ap: lr and step_size must be positive")
         build_augment(self.train_augment, self.crop_padding)

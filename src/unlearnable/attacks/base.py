@@ -79,6 +79,13 @@ class Attack:
         return None
 
 
+def check_positive(owner: str, config, fields) -> None:
+    """Refuse a config whose integer ``fields`` are not positive (one-line error naming it)."""
+    for k in fields:
+        if int(getattr(config, k)) <= 0:
+            raise UnlearnableError(f"{owner}: {k} must be positive, got {getattr(config, k)}")
+
+
 def check_eps(eps: float) -> None:
     if not (0 < eps <= 1):
         raise UnlearnableError(f"eps must be in (0, 1] (pixel units; 8/255 = 0.0314), got {eps}")

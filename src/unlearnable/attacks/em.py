@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from ..data.augment import build_augment
 from ..errors import UnlearnableError
-from .base import Attack, AttackResult, check_eps, register_attack
+from .base import Attack, AttackResult, check_eps, check_positive, register_attack
 from .pgd import pgd
 from .source import run_min_min
 
@@ -60,9 +60,7 @@ class EMConfig:
 
     def validate(self):
         check_eps(self.eps)
-        for k in ("epochs", "train_steps", "batch_size", "pgd_steps"):
-            if int(getattr(self, k)) <= 0:
-                raise UnlearnableError(f"em: {k} must be positive, got {getattr(self, k)}")
+        check_positive("em", self, ("epochs", "train_steps", "batch_size", "pgd_steps"))
         if self.step_size <= 0 or self.lr <= 0:
             raise UnlearnableError("em: step_size and lr must be positive")
         if self.mode not in MODES:

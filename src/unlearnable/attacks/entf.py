@@ -28,7 +28,7 @@ from ..data.augment import build_augment
 from ..errors import UnlearnableError
 from ..runtime import autocast, to_model_input
 from ..train.loops import batches
-from .base import Attack, AttackResult, check_eps, register_attack
+from .base import Attack, AttackResult, check_eps, check_positive, register_attack
 from .pgd import pgd
 from .source import SourceRun, train_then_craft
 
@@ -58,9 +58,7 @@ class ENTFConfig:
 
     def validate(self):
         check_eps(self.eps)
-        for k in ("epochs", "batch_size", "pgd_steps"):
-            if int(getattr(self, k)) <= 0:
-                raise UnlearnableError(f"entf: {k} must be positive, got {getattr(self, k)}")
+        check_positive("entf", self, ("epochs", "batch_size", "pgd_steps"))
         if self.adv_steps < 0 or self.lr <= 0:
             raise UnlearnableError("entf: adv_steps must be non-negative and lr positive")
         if self.adv_eps is not None and not (0 <= self.adv_eps <= 1):

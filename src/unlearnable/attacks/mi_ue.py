@@ -21,7 +21,7 @@ from ..errors import UnlearnableError
 from ..progress import bar
 from ..runtime import autocast, to_model_input
 from ..train.loops import num_batches
-from .base import Attack, AttackResult, check_eps, register_attack
+from .base import Attack, AttackResult, check_eps, check_positive, register_attack
 from .losses import mi_loss
 from .pgd import pgd
 from .source import RUNTIME_KEYS, SourceRun, fingerprint  # noqa: F401 - fingerprint re-exported
@@ -53,9 +53,7 @@ class MIUEConfig:
 
     def validate(self):
         check_eps(self.eps)
-        for k in ("epochs", "batch_size", "pgd_steps", "forward_chunk"):
-            if int(getattr(self, k)) <= 0:
-                raise UnlearnableError(f"mi-ue: {k} must be positive, got {getattr(self, k)}")
+        check_positive("mi-ue", self, ("epochs", "batch_size", "pgd_steps", "forward_chunk"))
         if self.step_size <= 0 or self.tau <= 0 or self.zeta < 0 or self.lr <= 0:
             raise UnlearnableError("mi-ue: step_size, tau and lr must be positive and zeta non-negative")
         if self.distance_scale not in ("none", "dim"):

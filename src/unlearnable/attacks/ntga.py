@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from ..errors import UnlearnableError
 from ..progress import bar
 from ..runtime import make_generator, resolve_device
-from .base import Attack, AttackResult, Checkpoint, check_eps, register_attack, rng_state, set_rng_state
+from .base import Attack, AttackResult, Checkpoint, check_eps, check_positive, register_attack, rng_state, set_rng_state
 from .pgd import pgd, project_dataset
 from .source import fingerprint
 
@@ -62,9 +62,7 @@ class NTGAConfig:
 
     def validate(self):
         check_eps(self.eps)
-        for k in ("depth", "block_size", "val_size", "pgd_steps"):
-            if int(getattr(self, k)) <= 0:
-                raise UnlearnableError(f"ntga: {k} must be positive, got {getattr(self, k)}")
+        check_positive("ntga", self, ("depth", "block_size", "val_size", "pgd_steps"))
         if self.w_var <= 0 or self.b_var < 0 or self.t <= 0 or self.max_kernel_mb <= 0:
             raise UnlearnableError("ntga: w_var, t and max_kernel_mb must be positive and b_var non-negative")
         if self.step_size is not None and self.step_size <= 0:

@@ -28,7 +28,7 @@ import torch
 
 from ..data.augment import build_augment
 from ..errors import UnlearnableError
-from .base import Attack, AttackResult, check_eps, register_attack
+from .base import Attack, AttackResult, check_eps, check_positive, register_attack
 from .pgd import pgd, project
 from .source import run_min_min
 
@@ -63,9 +63,7 @@ class REMConfig:
 
     def validate(self):
         check_eps(self.eps)
-        for k in ("epochs", "train_steps", "batch_size", "pgd_steps", "eot_samples"):
-            if int(getattr(self, k)) <= 0:
-                raise UnlearnableError(f"{self.__class__.__name__}: {k} must be positive, got {getattr(self, k)}")
+        check_positive(type(self).__name__, self, ("epochs", "train_steps", "batch_size", "pgd_steps", "eot_samples"))
         if self.adv_steps < 0:
             raise UnlearnableError(f"adv_steps must be non-negative, got {self.adv_steps}")
         if self.step_size <= 0 or self.lr <= 0:
