@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--clean-acc", type=float, help="victim test accuracy on clean data (with --acc)")
     ms.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (feature extraction, training)")
     ms.add_argument("--out", help="write the full results as JSON here")
+    import importlib
+    for mod in EXTENSIONS:
+        importlib.import_module(mod).register(sub, _common())
     return p
 
 
@@ -173,6 +176,16 @@ def cmd_measure(args):
 
 COMMANDS = {"demo": cmd_demo, "poison": cmd_poison, "train": cmd_train, "measure": cmd_measure}
 
+# Commands that live beside the library code they drive. Each module has
+# ``register(sub, common)``: it adds its sub-parser(s) with ``set_defaults(func=...)``;
+# ``common`` gives the shared argument types and flag groups of this module.
+EXTENSIONS = ()
+
+
+def _common():
+    return {"eps": _eps, "positive_int": _positive_int, "add_attack_flags": _add_attack_flags,
+            "attack_overrides": _attack_overrides}
+
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
@@ -180,7 +193,8 @@ def main(argv=None) -> int:
     if args.quiet:
         set_quiet(True)
     try:
-        COMMANDS[args.command](args)
+        func = getattr(args, "func", None) or COMMANDS[args.command]
+        func(args)
     except UnlearnableError as e:
         sys.stderr.write(f"unlearnable: error: {e}\n")
         return 2
