@@ -31,4 +31,7 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: int, 
     fn = _REGISTRY.get(_key(name))
     if fn is None:
         raise UnlearnableError(f"unknown model {name!r}; choose from {', '.join(model_names())}")
-    return fn(in_channels=in_channels, num_classes=num_classes, image_size=image_size, **kwargs)
+    try:
+        return fn(in_channels=in_channels, num_classes=num_classes, image_size=image_size, **kwargs)
+    except TypeError as e:  # a misspelled size option: name it in one line
+        raise UnlearnableError(f"model {name!r}: bad option(s) {sorted(kwargs)}: {e}") from None
