@@ -6,6 +6,12 @@
                                source_indices (rows of the source training split)
     DIR/test.npz               the clean test split (x_test, y_test), when there is one
 
+When only some images are protected (``unlearnable poison --classes/--ratio``), the
+manifest's ``selection`` holds ``protected_classes``, ``ratio``, ``seed``, ``count``,
+``perturbed_indices`` (rows of this training set) and ``perturbed_source_indices`` (rows
+of the source split); every other image has a zero perturbation and is written
+unchanged. Both writer and reader check this.
+
 ``poisoned = clean + delta`` holds exactly on uint8 values, so the clean images are
 recovered from the PNGs and the perturbation. Perturbations are rounded to the nearest
 uint8 level (never truncated) and the budget is checked on those integers before
@@ -83,7 +89,8 @@ def l0_counts(delta: np.ndarray) -> np.ndarray:
 def write_poisoned(out: str | os.PathLike, clean: ImageDataset, poisoned_images: np.ndarray, *,
                    eps: float, method: str, test: ImageDataset | None = None,
                    manifest_extra: dict | None = None, overwrite: bool = False,
-                   l0_pixels: int | None = None) -> dict:
+                   l0_pixels: int | None = None, protected: np.ndarray | None = None,
+                   selection: dict | None = None) -> dict:
     """Write a protected dataset to ``out`` and return its manifest.
 
     Refuses (raises) when any written pixel differs from the clean one by more than the
@@ -92,6 +99,12 @@ def write_poisoned(out: str | os.PathLike, clean: ImageDataset, poisoned_images:
     in at most that many pixel positions. It is checked in addition to the L-inf budget
     ``eps`` (an L0 attack passes ``eps=1`` for an unbounded change), and the manifest
     records ``norm: "l0"``, ``l0_pixels`` and the measured ``l0_max``.
+
+    ``protected`` (bool, one per image) marks the images selected for protection; every
+    other image must equal its clean original exactly, and the selected ones obey the
+    budget like all images. ``selection`` is recorded with it as the manifest's
+    ``selection`` (``protected_classes``, when given, must hold every selected label),
+    completed with the count and the selected rows (see the module docstring).
     """
     out = prepare_output_dir(out, overwrite)
     if poisoned_images.dtype != np.uint8 or poisoned_images.shape != clean.images.shape:
@@ -112,6 +125,8 @@ def write_poisoned(out: str | os.PathLike, clean: ImageDataset, poisoned_images:
         if l0_max > l0_pixels:
             raise UnlearnableError(f"refusing to write: perturbation changes {l0_max} pixels of an image, "
                                    f"L0 budget is {l0_pixels}")
+    if protected is not None:
+        selection = _check_selection(np.asarray(protected), dict(selection or {}), clean, delta)
 
     t0 = time.time()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -145,6 +160,8 @@ def write_poisoned(out: str | os.PathLike, clean: ImageDataset, poisoned_images:
         }
         if l0_pixels is not None:
             manifest.update(l0_pixels=int(l0_pixels), l0_max=l0_max)
+        if selection is not None:
+            manifest["selection"] = selection
         manifest.update(manifest_extra or {})
         manifest.setdefault("timings", {})["write_s"] = round(time.time() - t0, 3)
         write_json(tmp / "manifest.json", manifest)
@@ -153,6 +170,46 @@ def write_poisoned(out: str | os.PathLike, clean: ImageDataset, poisoned_images:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def _check_selection(protected: np.ndarray, selection: dict, clean: ImageDataset, delta: np.ndarray) -> dict:
+    if protected.dtype != bool or protected.shape != (len(clean),):
+        raise UnlearnableError(f"protected must be a boolean mask of {len(clean)} images, got "
+                               f"{protected.dtype} {protected.shape}")
+    changed = np.flatnonzero(np.any(delta != 0, axis=(1, 2, 3)) & ~protected)
+    if changed.size:
+        raise UnlearnableError(f"refusing to write: {changed.size} image(s) outside the protected selection differ "
+                               f"from their originals (first: row {changed[0]})")
+    classes = selection.get("protected_classes")
+    if classes is not None and not np.isin(clean.labels[protected], classes).all():
+        raise UnlearnableError(f"refusing to write: a protected image is outside protected_classes {classes}")
+    rows = np.flatnonzero(protected)
+    return {**selection, "count": int(rows.size), "perturbed_indices": rows.tolist(),
+            "perturbed_source_indices": clean.indices[rows].tolist()}
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """The manifest of a protected dataset directory (no images read)."""
+    path = Path(path)
+    if not is_poisoned_dir(path):
+        raise UnlearnableError(f"{path}: not a protected dataset (no manifest.json / perturbation.npz)")
+    try:
+        return json.loads((path / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UnlearnableError(f"{path}/manifest.json: {e}") from None
+
+
+def selection_mask(manifest: dict, n: int) -> np.ndarray:
+    """The images selected for protection (bool, one per training image); all of them
+    when the manifest has no ``selection`` (the whole training set was protected)."""
+    sel = manifest.get("selection")
+    mask = np.zeros(n, bool) if sel else np.ones(n, bool)
+    if sel:
+        rows = np.asarray(sel.get("perturbed_indices", []), dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= n):
+            raise UnlearnableError(f"manifest selection: perturbed_indices out of range 0..{n - 1}")
+        mask[rows] = True
+    return mask
 
 
 @dataclass
@@ -164,6 +221,18 @@ class PoisonedDataset:
     manifest: dict
     path: Path
 
+    @property
+    def perturbed_mask(self) -> np.ndarray:
+        """bool (N,): the training images selected for protection (all, for a full run).
+        A selected image can still have a zero perturbation (rounding), never the reverse."""
+        return selection_mask(self.manifest, len(self.delta))
+
+    @property
+    def protected_classes(self) -> list[int] | None:
+        """Class indices protected by ``--classes``; None when protection is not per class."""
+        sel = self.manifest.get("selection") or {}
+        return sel.get("protected_classes")
+
 
 def is_poisoned_dir(path: Path) -> bool:
     return (Path(path) / "manifest.json").is_file() and (Path(path) / "perturbation.npz").is_file()
@@ -172,12 +241,7 @@ def is_poisoned_dir(path: Path) -> bool:
 def read_poisoned(path: str | os.PathLike) -> PoisonedDataset:
     """Read a directory written by :func:`write_poisoned`, checking it against its manifest."""
     path = Path(path)
-    if not is_poisoned_dir(path):
-        raise UnlearnableError(f"{path}: not a protected dataset (no manifest.json / perturbation.npz)")
-    try:
-        manifest = json.loads((path / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UnlearnableError(f"{path}/manifest.json: {e}") from None
+    manifest = read_manifest(path)
     arrays = load_npz(path / "perturbation.npz")
     delta, labels = arrays["delta"], arrays["labels"]
     names, folders = manifest["class_names"], manifest["class_folders"]
@@ -202,6 +266,11 @@ def read_poisoned(path: str | os.PathLike) -> PoisonedDataset:
         raise UnlearnableError(f"{path}: perturbation L-inf {linf} differs from the manifest's {manifest.get('linf_255')}")
     if manifest.get("norm") == "l0" and delta.size and int(l0_counts(delta).max()) > manifest["l0_pixels"]:
         raise UnlearnableError(f"{path}: perturbation changes more pixels than the manifest's l0_pixels")
+    if manifest.get("selection"):
+        outside = np.any(delta != 0, axis=(1, 2, 3)) & ~selection_mask(manifest, len(labels))
+        if outside.any():
+            raise UnlearnableError(f"{path}: image row {np.flatnonzero(outside)[0]} is perturbed but not in the "
+                                   f"manifest's perturbed_indices")
     src = manifest.get("source", str(path))
     indices = arrays.get("source_indices")
     clean_ds = ImageDataset(clean.astype(np.uint8), labels, names, source=src, indices=indices)
