@@ -1,0 +1,117 @@
+"""``OUT_DIR/manifest.json``: one entry per protected image, the settings, the last run.
+
+An entry records the input's relative path and SHA-256, the output's relative path and
+SHA-256, the class, size (after EXIF orientation), modes, the L-inf distance actually
+written (in levels), PSNR and SSIM, and the key of the settings that made it. A rerun
+treats an image as finished when its entry has the input's current hash, the current
+settings key, and an output file with the recorded hash. The file is replaced atomically
+after every unit (and when a run stops), so it never describes a half-written image.
+
+A lock (``flock`` on ``OUT_DIR/.unlearnable-protect.lock``, released by the OS when the
+process dies) keeps two runs from writing into one folder at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from ..errors import UnlearnableError
+from ..fsutil import write_json
+
+FORMAT = "unlearnable-protect/1"
+NAME = "manifest.json"
+LOCK = ".unlearnable-protect.lock"
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def settings_key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Manifest:
+    def __init__(self, out_root: Path, data: dict | None = None):
+        self.out_root = out_root
+        self.path = out_root / NAME
+        data = data or {}
+        self.entries: dict[str, dict] = {e["input"]: e for e in data.get("images", [])}
+        # Inputs that could not be decoded, so that a rerun does not redo their unit for nothing.
+        self.unreadable: dict[str, dict] = {e["input"]: e for e in data.get("unreadable", [])}
+        self.settings: dict = data.get("settings", {})
+        self.extra: dict = {}
+
+    @classmethod
+    def open(cls, out_root: Path) -> "Manifest":
+        """The folder's manifest; a fresh one for a missing or empty folder.
+
+        A non-empty folder without a manifest is refused: its files are not ours to replace.
+        """
+        path = out_root / NAME
+        if path.is_symlink():
+            raise UnlearnableError(f"{path} is a symbolic link: refusing to use it")
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError) as e:
+                raise UnlearnableError(f"cannot read {path}: {e}") from None
+            if not isinstance(data, dict) or data.get("format") != FORMAT:
+                raise UnlearnableError(f"{path} was not written by 'unlearnable protect' (format "
+                                       f"{data.get('format') if isinstance(data, dict) else None!r})")
+            return cls(out_root, data)
+        if out_root.is_dir() and any(p.name != LOCK for p in out_root.iterdir()):
+            raise UnlearnableError(f"output folder {out_root} is not empty and has no {NAME}: choose a new or "
+                                   f"empty folder (or one written by 'unlearnable protect')")
+        return cls(out_root)
+
+    def is_done(self, rel: str, sha: str, key: str) -> bool:
+        e = self.entries.get(rel)
+        if e is None or e.get("sha256") != sha or e.get("settings") != key:
+            return False
+        out = self.out_root / e["output"]
+        return out.is_file() and not out.is_symlink() and sha256_file(out) == e.get("output_sha256")
+
+    def record(self, entry: dict) -> None:
+        self.entries[entry["input"]] = entry
+        self.unreadable.pop(entry["input"], None)
+
+    def known_unreadable(self, rel: str, sha: str) -> str | None:
+        """The recorded reason when this exact file was found undecodable before."""
+        e = self.unreadable.get(rel)
+        return e["reason"] if e is not None and e.get("sha256") == sha else None
+
+    def record_unreadable(self, rel: str, sha: str, reason: str) -> None:
+        self.unreadable[rel] = {"input": rel, "sha256": sha, "reason": reason}
+
+    def save(self) -> None:
+        write_json(self.path, {"format": FORMAT, "settings": self.settings, **self.extra,
+                               "images": [self.entries[k] for k in sorted(self.entries)],
+                               "unreadable": [self.unreadable[k] for k in sorted(self.unreadable)]})
+
+
+@contextlib.contextmanager
+def output_lock(out_root: Path):
+    """Create ``out_root`` and hold its lock for the block; one-line error when taken."""
+    out_root.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(out_root / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        raise UnlearnableError(f"cannot create the lock file in {out_root}: {e}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UnlearnableError(f"another 'unlearnable protect' is writing to {out_root}") from None
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,310 @@
+"""``verify_folder``: a quick check that a protected folder hurts a model trained on it.
+
+What it does (docs/protect.md has the reasoning):
+
+* **Pairs.** Every image in ``OUT_DIR/manifest.json`` whose input (in IN_DIR) and
+  output still have the recorded SHA-256; anything else is listed and left out.
+* **The victim's view.** Each image (original and protected) is resized to the working
+  resolution with Pillow's antialiased bilinear filter, a typical training pipeline and a
+  different resampler from the area averaging that ``protect`` optimised through; alpha
+  is dropped; grey images in a colour folder are replicated to RGB.
+* **Split.** The user's images are split per class (seeded): ``holdout`` (default 0.25)
+  of each class, at least one image, is held out as *clean* test images and the rest
+  train; with ``folds`` = K >= 2, K stratified folds each serve once as the test part and
+  the counts are pooled. The held-out images' protected versions are never trained on.
+* **Victims.** The CPU victim (``victim_preset("cpu")``, 4-conv CNN, ``epochs`` epochs)
+  trained on training images of the user's classes (original, then protected) plus a
+  class-balanced reference subset, and tested on the held-out clean images (accuracy on
+  the protected classes) and on the reference's clean test split (accuracy on the other
+  classes), under three training-data conditions: as written; after JPEG at
+  ``jpeg_quality`` (encoded at full resolution, as a platform re-compressing uploads
+  would, then resized; the reference images are compressed too); after grayscale
+  (BT.601 luminance replicated to 3 channels, training data only, colour folders only).
+  Test images are never transformed.
+* **MI gap.** The sliced MI (KSG, class-conditional over the user's classes) between the
+  features of the clean-trained victim on the original and on the protected training
+  images, against the originals with themselves (:mod:`unlearnable.measure`), when every
+  class has at least 10 training images.
+* **Verdict.** One line that reports the numbers; it claims an effect only when the drop
+  is at least 10 points and twice its binomial standard error, and even then only for
+  this kind of model and training.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data import ImageDataset
+from ..errors import UnlearnableError
+from ..fsutil import write_json
+from ..progress import bar, log
+from ..train import train_victim, victim_preset
+from .images import UnreadableImage, load_image
+from .manifest import NAME, sha256_file
+from .reference import load_reference, to_channels
+
+MIN_PER_CLASS_FOR_MI = 10
+MI_SLICES = 500
+
+
+def _attacker_view(pixels: np.ndarray, size: int, jpeg: int | None = None) -> np.ndarray:
+    """uint8 (H, W, C) -> uint8 (S, S, C): optional JPEG at full resolution, then a bilinear resize."""
+    im = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
+    if jpeg is not None:
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=jpeg)
+        buf.seek(0)
+        im = Image.open(buf)
+        im.load()
+    a = np.asarray(im.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+    return a[..., None] if a.ndim == 2 else a
+
+
+def _jpeg_small(images: np.ndarray, quality: int) -> np.ndarray:
+    return np.stack([_attacker_view(x, x.shape[0], quality) for x in images])
+
+
+def _grayscale(images: np.ndarray) -> np.ndarray:
+    return to_channels(to_channels(images, 1), images.shape[-1])
+
+
+def _pairs(in_root: Path, out_root: Path, entries: list[dict]):
+    ok, left_out = [], []
+    for e in entries:
+        src, dst = in_root / e["input"], out_root / e["output"]
+        if not src.is_file() or not dst.is_file():
+            left_out.append({"input": e["input"], "reason": "input or output file missing"})
+        elif sha256_file(src) != e.get("sha256"):
+            left_out.append({"input": e["input"], "reason": "input changed since it was protected"})
+        elif sha256_file(dst) != e.get("output_sha256"):
+            left_out.append({"input": e["input"], "reason": "output changed since it was written"})
+        else:
+            ok.append((e, src, dst))
+    return ok, left_out
+
+
+def _splits(labels: np.ndarray, holdout: float, folds: int, seed: int) -> list[np.ndarray]:
+    """Boolean test masks, one per fold, stratified by class."""
+    rng = np.random.default_rng(seed)
+    n_folds = max(1, folds)
+    masks = [np.zeros(len(labels), dtype=bool) for _ in range(n_folds)]
+    for c in np.unique(labels):
+        ix = rng.permutation(np.flatnonzero(labels == c))
+        if len(ix) < 2:
+            raise UnlearnableError(f"class {int(c)} has {len(ix)} image(s): verify needs at least 2 per class "
+                                   f"(one to train on, one to test)")
+        if folds >= 2:
+            if len(ix) < folds:
+                raise UnlearnableError(f"a class has {len(ix)} images: too few for {folds} folds")
+            for j, i in enumerate(ix):
+                masks[j % folds][i] = True
+        else:
+            n_test = min(len(ix) - 1, max(1, int(round(holdout * len(ix)))))
+            masks[0][ix[:n_test]] = True
+    return masks
+
+
+@torch.no_grad()
+def _predict(model, images: np.ndarray, channels_last: bool) -> np.ndarray:
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(images), 512):
+        x = torch.from_numpy(images[i:i + 512]).permute(0, 3, 1, 2).float().div_(255.0).to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out.append(model(x).argmax(1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
+
+
+def _acc(correct: int, n: int) -> dict:
+    p = correct / n if n else None
+    se = math.sqrt(p * (1 - p) / n) if n else None
+    return {"acc": p, "se": se, "correct": int(correct), "n": int(n)}
+
+
+def _mi_gap(model, clean: np.ndarray, prot: np.ndarray, labels: np.ndarray, seed: int) -> dict:
+    from ..measure import KSGMI, extract_features, mi_gap, sliced_mi
+    counts = np.bincount(labels)
+    if counts[counts > 0].min() < MIN_PER_CLASS_FOR_MI:
+        return {"skipped": f"needs at least {MIN_PER_CLASS_FOR_MI} training images per class, "
+                           f"have {int(counts[counts > 0].min())}"}
+    names = [str(i) for i in range(int(labels.max()) + 1)]
+    zc = extract_features(model, ImageDataset(clean, labels, names))
+    zp = extract_features(model, ImageDataset(prot, labels, names))
+    ref = sliced_mi(zc, zc, labels, estimator=KSGMI(), m=MI_SLICES, seed=seed)
+    res = sliced_mi(zc, zp, labels, estimator=KSGMI(), m=MI_SLICES, seed=seed)
+    g = mi_gap(ref, res)
+    return {"estimator": "ksg", "slices": MI_SLICES, "n": int(len(labels)), "clean": ref.mean, "protected": res.mean,
+            "gap": g["gap"], "se_paired": g.get("se_paired")}
+
+
+def verify_folder(in_dir, out_dir, *, reference: str | None = None, out=None, holdout: float = 0.25, folds: int = 1,
+                  epochs: int = 10, jpeg_quality: int = 20, reference_per_class: int | None = None,
+                  test_per_class: int = 100, size: int | None = None, model: str = "cnn", seed: int = 0,
+                  device: str = "auto", mi: bool = True) -> dict:
+    """Train quick victims on the original and on the protected images and report (see module doc).
+
+    Returns the report as a dict (also written to ``out`` when given); its ``verdict`` is
+    one line.
+    """
+    t0 = time.time()
+    if not 0 < holdout < 1:
+        raise UnlearnableError(f"holdout must be a fraction in (0, 1), got {holdout}")
+    if folds < 1 or not 1 <= jpeg_quality <= 95:
+        raise UnlearnableError("folds must be >= 1 and the JPEG quality in 1..95")
+    in_root, out_root = Path(in_dir).resolve(), Path(out_dir).resolve()
+    mpath = out_root / NAME
+    if not mpath.is_file():
+        raise UnlearnableError(f"{mpath} not found: run 'unlearnable protect {in_dir} {out_dir}' first")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, ValueError) as e:
+        raise UnlearnableError(f"cannot read {mpath}: {e}") from None
+    settings = manifest.get("settings", {})
+    size = size or settings.get("config", {}).get("working_size", 32)
+    spec = reference or settings.get("reference", {}).get("spec", "fashion-mnist")
+    per_class = reference_per_class or settings.get("config", {}).get("reference_per_class", 200)
+    pairs, left_out = _pairs(in_root, out_root, manifest.get("images", []))
+    if not pairs:
+        raise UnlearnableError(f"no usable (original, protected) pairs in {out_dir}")
+
+    # The victim's view of every pair: as written and after JPEG.
+    views = {"clean": [], "protected": [], "clean_jpeg": [], "protected_jpeg": []}
+    names = sorted({e["class"] for e, _, _ in pairs})
+    labels, kept = [], []
+    for e, src, dst in bar(pairs, desc="loading pairs", unit="img"):
+        try:
+            a, b = load_image(src).pixels, load_image(dst).pixels
+        except UnreadableImage as err:
+            left_out.append({"input": e["input"], "reason": str(err)})
+            continue
+        views["clean"].append(_attacker_view(a, size))
+        views["protected"].append(_attacker_view(b, size))
+        views["clean_jpeg"].append(_attacker_view(a, size, jpeg_quality))
+        views["protected_jpeg"].append(_attacker_view(b, size, jpeg_quality))
+        labels.append(names.index(e["class"]))
+        kept.append(e["input"])
+    channels = 3 if any(v.shape[2] == 3 for v in views["clean"]) else 1
+    views = {k: np.stack([to_channels(x[None], channels)[0] for x in v]) for k, v in views.items()}
+    labels = np.asarray(labels, dtype=np.int64)
+    k_user = len(names)
+
+    ref = load_reference(spec, size=size, per_class=per_class, seed=seed, test_per_class=test_per_class)
+    ref_train = ref.images(channels)
+    ref_test = ref.images(channels, "test") if ref.test is not None else None
+    conditions = {"none": (views["clean"], views["protected"], ref_train),
+                  f"jpeg{jpeg_quality}": (views["clean_jpeg"], views["protected_jpeg"],
+                                          _jpeg_small(ref_train, jpeg_quality))}
+    if channels == 3:
+        conditions["grayscale"] = (_grayscale(views["clean"]), _grayscale(views["protected"]), _grayscale(ref_train))
+    all_names = [f"user:{n}" for n in names] + [f"reference:{n}" for n in ref.train.class_names]
+    cfg = victim_preset("cpu", model=model, epochs=epochs, device=device)
+    masks = _splits(labels, holdout, folds, seed)
+    counts = {c: {v: {"user": [0, 0], "other": [0, 0]} for v in ("clean", "protected")} for c in conditions}
+    mi_report = {"skipped": "disabled"} if not mi else None
+    for fold, test_mask in enumerate(masks):
+        tr = ~test_mask
+        test_x = views["clean"][test_mask]
+        test_y = labels[test_mask]
+        if ref_test is not None:
+            test_x = np.concatenate([test_x, ref_test])
+            test_y = np.concatenate([test_y, ref.test.labels + k_user])
+        test_ds = ImageDataset(test_x, test_y, all_names)
+        for cond, (clean_v, prot_v, ref_v) in conditions.items():
+            for version, user_v in (("clean", clean_v), ("protected", prot_v)):
+                train_ds = ImageDataset(np.concatenate([user_v[tr], ref_v]),
+                                        np.concatenate([labels[tr], ref.train.labels + k_user]), all_names)
+                log(f"fold {fold + 1}/{len(masks)}: victim on {version} data, {cond}")
+                res = train_victim(train_ds, test_ds, cfg, seed=seed, desc=f"{version}/{cond}")
+                pred = _predict(res.model, test_x, cfg.channels_last)
+                user = test_y < k_user
+                c = counts[cond][version]
+                c["user"][0] += int((pred[user] == test_y[user]).sum())
+                c["user"][1] += int(user.sum())
+                c["other"][0] += int((pred[~user] == test_y[~user]).sum())
+                c["other"][1] += int((~user).sum())
+                if mi and mi_report is None and cond == "none" and version == "clean":
+                    mi_report = _mi_gap(res.model, views["clean"][tr], views["protected"][tr], labels[tr], seed)
+    results = {}
+    for cond, by_version in counts.items():
+        r = {v: {"protected_classes": _acc(*c["user"]),
+                 "other_classes": _acc(*c["other"]) if c["other"][1] else None} for v, c in by_version.items()}
+        a, b = r["clean"]["protected_classes"], r["protected"]["protected_classes"]
+        r["gap_pts"] = round(100 * (a["acc"] - b["acc"]), 2)
+        r["gap_se_pts"] = round(100 * math.hypot(a["se"], b["se"]), 2)
+        results[cond] = r
+    report = {
+        "in_dir": str(in_root), "out_dir": str(out_root), "images": len(kept), "classes": names,
+        "left_out": left_out,
+        "split": {"folds": len(masks), "holdout": holdout if folds < 2 else None,
+                  "held_out_images": int(sum(m.sum() for m in masks)), "seed": seed,
+                  "note": "held-out images are tested clean; their protected versions are not trained on"},
+        "victim": {"model": cfg.model, "epochs": cfg.epochs, "size": size, "channels": channels,
+                   "resize": "Pillow bilinear (antialiased)"},
+        "reference": {"spec": str(spec), "classes": ref.train.class_names, "train_images": len(ref.train),
+                      "test_images": 0 if ref.test is None else len(ref.test)},
+        "results": results, "mi_gap": mi_report,
+        "protect_settings": {k: settings.get(k) for k in ("strength", "eps_255", "key")},
+    }
+    report["verdict"] = verdict(report)
+    report["seconds"] = round(time.time() - t0, 1)
+    if out is not None:
+        write_json(out, report)
+    return report
+
+
+def _label(condition: str) -> str:
+    return f"JPEG q{condition[4:]}" if condition.startswith("jpeg") else condition
+
+
+def verdict(report: dict) -> str:
+    """One modest line from the no-defence result (and the defences' gaps)."""
+    r = report["results"]["none"]
+    a, b = r["clean"]["protected_classes"], r["protected"]["protected_classes"]
+    n, v = a["n"], report["victim"]
+    what = f"a small {v['model']} trained {v['epochs']} epochs at {v['size']} px, {n} held-out images"
+    if n < 10:
+        return (f"Too few held-out images ({n}) for a conclusion: accuracy {a['acc']:.0%} (trained on originals) vs "
+                f"{b['acc']:.0%} (trained on protected); add images or use --folds.")
+    extra = "".join(f"; after {_label(c)}: {x['clean']['protected_classes']['acc']:.0%} -> "
+                    f"{x['protected']['protected_classes']['acc']:.0%}"
+                    for c, x in report["results"].items() if c != "none")
+    gap, se = r["gap_pts"], r["gap_se_pts"]
+    if gap >= 10 and gap >= 2 * se:
+        return (f"In this quick check ({what}), training on the protected instead of the original images lowered "
+                f"accuracy on your held-out images from {a['acc']:.0%} to {b['acc']:.0%}{extra}; this suggests "
+                f"the protection works against this kind of training, not that it stops every model.")
+    return (f"In this quick check ({what}), accuracy on your held-out images was {a['acc']:.0%} when trained on the "
+            f"originals and {b['acc']:.0%} on the protected images{extra}: no clear effect, so do not rely on "
+            f"the protection for these images.")
+
+
+def format_report(report: dict) -> str:
+    """A small plain-text table of a verify report."""
+    lines = [f"{report['images']} image(s) of {len(report['classes'])} class(es); "
+             f"{report['split']['held_out_images']} held out (clean) for testing; reference "
+             f"{report['reference']['spec']} ({report['reference']['train_images']} train images)",
+             f"{'training data':<14} {'victim on':<10} {'your classes':>13} {'other classes':>14} {'gap (pts)':>14}"]
+    for cond, r in report["results"].items():
+        for v in ("clean", "protected"):
+            u, o = r[v]["protected_classes"], r[v]["other_classes"]
+            gap = f"{r['gap_pts']:.1f} +- {r['gap_se_pts']:.1f}" if v == "protected" else ""
+            lines.append(f"{cond:<14} {v:<10} {u['acc']:>12.1%} {'' if o is None else format(o['acc'], '.1%'):>14} "
+                         f"{gap:>14}")
+    m = report.get("mi_gap") or {}
+    if "gap" in m:
+        lines.append(f"MI gap (sliced KSG, clean victim, n={m['n']}): {m['gap']:.4f} nats "
+                     f"(paired SE {m['se_paired']:.4f})")
+    elif m:
+        lines.append(f"MI gap: not computed ({m.get('skipped')})")
+    lines.append(f"verdict: {report['verdict']}")
+    return "\n".join(lines)
