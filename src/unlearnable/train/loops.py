@@ -1,4 +1,11 @@
-"""The training and evaluation loops shared by victims and attack source models."""
+"""The training and evaluation loops shared by victims and attack source models.
+
+Per batch the loop does only tensor work on the model's device: an index gather from the
+uint8 images, the optional perturbation, augmentation, batch defenses (Cutout, CutMix,
+Mixup, UEraser) and ``perturb`` hook (adversarial training), one forward/backward/step.
+Loss and accuracy are accumulated in device tensors and read once per epoch, so the loop
+never waits for the device inside an epoch.
+"""
 
 from __future__ import annotations
 
@@ -42,16 +49,25 @@ def num_batches(n: int, batch_size: int, drop_last=False) -> int:
     return n // batch_size if (drop_last and n >= batch_size) else -(-n // batch_size)
 
 
+def hard_labels(target: torch.Tensor) -> torch.Tensor:
+    """int64 labels from labels or a (B, K) soft-label matrix (its largest entry)."""
+    return target if target.dtype == torch.long else target.argmax(1)
+
+
 def train_epoch(model, optimizer, data: TensorData, *, batch_size: int, generator: torch.Generator,
                 augment=None, delta: torch.Tensor | None = None, bf16=False, channels_last=False,
-                on_batch=None, max_batches: int | None = None, perturb=None) -> tuple[float, float]:
+                on_batch=None, max_batches: int | None = None, perturb=None,
+                batch_defenses=()) -> tuple[float, float]:
     """One pass of cross-entropy SGD; ``delta`` (float NCHW) is added to the images when given.
 
     ``max_batches`` stops the pass early (the first batches of a fresh shuffle: sampling
-    without replacement). ``perturb(model, x, y)``, when given, replaces each augmented
-    batch before the step (adversarial training of a source model); it must leave the
-    model in train mode. Returns (mean loss, accuracy) over the batches seen, measured
-    on the inputs the model was trained on.
+    without replacement). ``batch_defenses`` are :class:`~unlearnable.defenses.Defense`
+    objects of kind "batch", applied in order after augmentation; each maps
+    ``(x, target)`` to a new pair, where the target may become a (B, K) soft-label matrix
+    (Mixup, CutMix), which the loss accepts as is. ``perturb(model, x, target)``, when
+    given, replaces each batch last, just before the step (adversarial training); it must
+    leave the model in train mode. Returns (mean loss, accuracy) over the batches seen,
+    measured on the inputs the model was trained on (against the largest soft label).
     """
     model.train()
     device = data.x.device
@@ -61,22 +77,26 @@ def train_epoch(model, optimizer, data: TensorData, *, batch_size: int, generato
     for b, idx in enumerate(batches(len(data), batch_size, generator, device)):
         if max_batches is not None and b >= max_batches:
             break
-        x, y = data.batch(idx)
+        x, target = data.batch(idx)
         if delta is not None:
             x = (x + delta[idx]).clamp_(0, 1)
         if augment is not None:
             x = augment(x, generator)
+        if batch_defenses:
+            with autocast(device, bf16):  # UEraser scores its copies with the model
+                for d in batch_defenses:
+                    x, target = d.batch(model, x, target, generator)
         if perturb is not None:
-            x = perturb(model, x, y)
+            x = perturb(model, x, target)
         seen += len(idx)
         with autocast(device, bf16):
             logits = model(to_model_input(x, channels_last))
-            loss = F.cross_entropy(logits.float(), y)
+        loss = F.cross_entropy(logits.float(), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         total_loss += loss.detach() * len(idx)
-        correct += (logits.argmax(1) == y).sum()
+        correct += (logits.detach().argmax(1) == hard_labels(target)).sum()
         if on_batch is not None:
             on_batch()
     n = max(1, seen)
@@ -88,15 +108,15 @@ def evaluate(model, data: TensorData, *, batch_size: int = 256, bf16=False, chan
              delta: torch.Tensor | None = None) -> float:
     """Accuracy of ``model`` on ``data`` (eval mode, no augmentation), on ``x + delta`` when given."""
     model.eval()
-    correct = 0
+    correct = torch.zeros((), device=data.x.device, dtype=torch.long)
     for idx in batches(len(data), batch_size, None, data.x.device):
         x, y = data.batch(idx)
         if delta is not None:
             x = (x + delta[idx]).clamp_(0, 1)
         with autocast(data.x.device, bf16):
             logits = model(to_model_input(x, channels_last))
-        correct += int((logits.argmax(1) == y).sum())
-    return correct / max(1, len(data))
+        correct += (logits.argmax(1) == y).sum()
+    return int(correct) / max(1, len(data))
 
 
 def sgd_cosine(model, *, lr: float, momentum: float, weight_decay: float, epochs: int, lr_min: float = 1e-6,
@@ -105,4 +125,11 @@ def sgd_cosine(model, *, lr: float, momentum: float, weight_decay: float, epochs
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
                           nesterov=nesterov)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs), eta_min=lr_min)
+    return opt, sched
+
+
+def sgd_multistep(model, *, lr: float, momentum: float, weight_decay: float, milestones, gamma: float = 0.1):
+    """SGD with momentum and weight decay, the rate multiplied by ``gamma`` at each milestone epoch."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=gamma)
     return opt, sched

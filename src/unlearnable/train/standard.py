@@ -1,4 +1,13 @@
-"""Standard training (ST) of a victim model and its evaluation on clean test data."""
+"""Victim training: the shared engine, standard training (ST) and its presets.
+
+:func:`train_victim` trains ``cfg.model`` from scratch and scores it on the clean test set
+after every epoch. Defenses compose with it: data defenses (JPEG, grayscale, OP, ...)
+transform the training set once, in the order given, before training; batch defenses
+(Cutout, CutMix, Mixup, UEraser) run inside the loop on every batch, in the order given.
+The test set is never transformed. Protocols (``st`` here, ``at`` in
+:mod:`unlearnable.train.adversarial`) are thin wrappers registered in
+:mod:`unlearnable.train.protocols`.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +20,10 @@ from ..data.augment import build_augment
 from ..data.dataset import ImageDataset
 from ..errors import UnlearnableError
 from ..models import build_model
-from ..progress import bar
+from ..progress import bar, log
 from ..runtime import make_generator, prepare_model, resolve_device, seed_everything
-from .loops import TensorData, evaluate, num_batches, sgd_cosine, train_epoch
+from .loops import TensorData, evaluate, num_batches, sgd_cosine, sgd_multistep, train_epoch
+from .protocols import register_protocol
 
 
 @dataclass
@@ -24,12 +34,18 @@ class VictimConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    schedule: str = "cosine"  # "cosine" (to lr_min) or "step" (x gamma at each milestone epoch)
     lr_min: float = 1e-6
+    milestones: tuple = ()
+    gamma: float = 0.1
     augment: str = "none"  # CPU default; see docs/mi-ue.md (crop costs accuracy on 28 px grey data)
     crop_padding: int = 4
     device: str = "auto"
     bf16: bool = False
     channels_last: bool = True
+    # Settings of the protocol this preset is meant for (e.g. {"at_steps": 10}); the
+    # protocol reads them, explicit options override them, other protocols ignore them.
+    protocol_options: dict = field(default_factory=dict)
 
     def validate(self):
         for k in ("epochs", "batch_size"):
@@ -37,16 +53,38 @@ class VictimConfig:
                 raise UnlearnableError(f"victim {k} must be positive, got {getattr(self, k)}")
         if self.lr <= 0:
             raise UnlearnableError(f"victim lr must be positive, got {self.lr}")
+        if self.schedule not in ("cosine", "step"):
+            raise UnlearnableError(f"unknown lr schedule {self.schedule!r}; choose cosine or step")
         build_augment(self.augment, self.crop_padding)
         return self
 
 
-# The paper's standard-training protocol (Appendix E.4) and the CPU default used by the demo.
+# The paper's protocols (Sec. 6 and Appendix E.4) and their CPU counterparts. AT: lr 0.1,
+# x0.1 at epochs 40 and 80 of 100, PGD-10 (Fu et al. 2022; Liu et al. 2024); the CPU AT
+# preset keeps that shape (decay at 40% and 80% of 10 epochs) with PGD-3.
 VICTIM_PRESETS = {
     "paper-st": VictimConfig(model="resnet-18", epochs=200, batch_size=128, lr=0.5, weight_decay=1e-4,
                              augment="crop-flip", crop_padding=4),
+    "paper-at": VictimConfig(model="resnet-18", epochs=100, batch_size=128, lr=0.1, weight_decay=5e-4,
+                             schedule="step", milestones=(40, 80), gamma=0.1, augment="crop-flip", crop_padding=4,
+                             protocol_options={"at_steps": 10}),
     "cpu": VictimConfig(),
+    "cpu-at": VictimConfig(epochs=10, schedule="step", milestones=(4, 8), gamma=0.1,
+                           protocol_options={"at_steps": 3}),
 }
+
+
+# Preset families: ``cpu`` and ``paper`` name the ST and AT recipes of one setting.
+PRESET_FAMILIES = {"cpu": {"st": "cpu", "at": "cpu-at"}, "paper": {"st": "paper-st", "at": "paper-at"}}
+
+
+def preset_name(protocol: str, name: str | None = None) -> str:
+    """The preset a protocol runs with: ``name`` itself, or its family's member for the
+    protocol (``cpu`` -> ``cpu-at`` under AT); no name means the ``cpu`` family."""
+    family = PRESET_FAMILIES.get(name or "cpu")
+    if family is None:
+        return name
+    return family.get(protocol, family["st"])
 
 
 def victim_preset(name: str, **overrides) -> VictimConfig:
@@ -63,41 +101,93 @@ class TrainResult:
     seconds: float = 0.0
     config: dict = field(default_factory=dict)
     model: torch.nn.Module | None = None
+    protocol: str = "st"
+    defenses: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # protocol results, e.g. robust accuracy, defense timings
 
     def metrics(self) -> dict:
-        return {"test_acc": self.test_acc, "train_acc": self.train_acc, "seconds": round(self.seconds, 2),
+        return {"test_acc": self.test_acc, "train_acc": self.train_acc, "protocol": self.protocol,
+                "defenses": self.defenses, "seconds": round(self.seconds, 2), **self.extra,
                 "history": self.history, "config": self.config}
 
 
+def make_optimizer(model, cfg: VictimConfig):
+    if cfg.schedule == "step":
+        return sgd_multistep(model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                             milestones=cfg.milestones, gamma=cfg.gamma)
+    return sgd_cosine(model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, epochs=cfg.epochs,
+                      lr_min=cfg.lr_min)
+
+
+def apply_data_defenses(train: ImageDataset, defenses, *, seed: int, device) -> tuple[ImageDataset, dict]:
+    """Run the data defenses in order; returns the new training set and seconds per defense."""
+    seconds = {}
+    for d in defenses:
+        if d.kind != "data":
+            continue
+        t0 = time.time()
+        log(f"defense {d.describe()}: transforming {len(train)} training images")
+        out = d.apply(train, seed=seed, device=device)
+        if out.images.shape != train.images.shape or not (out.labels == train.labels).all():
+            raise UnlearnableError(f"defense {d.describe()} changed the training set's shape or labels")
+        train = out
+        seconds[d.describe()] = round(time.time() - t0, 2)
+    return train, seconds
+
+
 def train_victim(train: ImageDataset, test: ImageDataset, cfg: VictimConfig, *, seed: int = 0,
-                 desc: str = "victim") -> TrainResult:
-    """Train ``cfg.model`` from scratch on ``train`` and record per-epoch clean test accuracy."""
+                 desc: str = "victim", defenses=(), perturb_factory=None, protocol: str = "st") -> TrainResult:
+    """Train ``cfg.model`` from scratch on ``train`` and record per-epoch clean test accuracy.
+
+    ``defenses`` are :class:`~unlearnable.defenses.Defense` objects (data ones run first,
+    on the training set; batch ones inside the loop). ``perturb_factory(generator)``, when
+    given, returns the loop's ``perturb`` hook (adversarial training). History rows hold
+    the epoch's loss and accuracy on the inputs trained on (``train_acc``) and the clean
+    test accuracy; the result's ``train_acc`` is the final model's accuracy on the
+    training set as trained on (after data defenses, without batch defenses).
+    """
     cfg.validate()
     if test is None:
         raise UnlearnableError("victim training needs a test split (the data has none)")
     if train.images.shape[1:] != test.images.shape[1:]:
         raise UnlearnableError(f"train images {train.images.shape[1:]} and test images {test.images.shape[1:]} differ")
     device = resolve_device(cfg.device)
+    defenses = list(defenses)
+    t0 = time.time()
+    train, defense_seconds = apply_data_defenses(train, defenses, seed=seed, device=device)
+    batch_defenses = [d for d in defenses if d.kind == "batch"]
     seed_everything(seed)
     gen = make_generator(seed)
     model = build_model(cfg.model, train.channels, train.num_classes, train.image_size[0])
     model = prepare_model(model, device, cfg.channels_last)
-    opt, sched = sgd_cosine(model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                            epochs=cfg.epochs, lr_min=cfg.lr_min)
+    opt, sched = make_optimizer(model, cfg)
     augment = build_augment(cfg.augment, cfg.crop_padding)
+    perturb = perturb_factory(gen) if perturb_factory is not None else None
     tr, te = TensorData.from_dataset(train, device), TensorData.from_dataset(test, device)
     history = []
-    t0 = time.time()
     steps = cfg.epochs * num_batches(len(tr), cfg.batch_size)
     with bar(total=steps, desc=desc, unit="batch") as pb:
         for epoch in range(cfg.epochs):
             loss, train_acc = train_epoch(model, opt, tr, batch_size=cfg.batch_size, generator=gen, augment=augment,
-                                          bf16=cfg.bf16, channels_last=cfg.channels_last, on_batch=pb.update)
+                                          bf16=cfg.bf16, channels_last=cfg.channels_last, on_batch=pb.update,
+                                          perturb=perturb, batch_defenses=batch_defenses)
             sched.step()
             test_acc = evaluate(model, te, bf16=cfg.bf16, channels_last=cfg.channels_last)
             history.append({"epoch": epoch + 1, "loss": round(loss, 5), "train_acc": round(train_acc, 5),
                             "test_acc": round(test_acc, 5), "seconds": round(time.time() - t0, 2)})
             pb.set_postfix(train=f"{train_acc:.3f}", test=f"{test_acc:.3f}")
     clean_train_acc = evaluate(model, tr, bf16=cfg.bf16, channels_last=cfg.channels_last)
+    extra = {"defense_seconds": defense_seconds} if defense_seconds else {}
     return TrainResult(test_acc=history[-1]["test_acc"], train_acc=clean_train_acc, history=history,
-                       seconds=time.time() - t0, config=asdict(cfg), model=model)
+                       seconds=time.time() - t0, config=asdict(cfg), model=model, protocol=protocol,
+                       defenses=[d.describe() for d in defenses], extra=extra)
+
+
+@register_protocol("st")
+def standard_training(train: ImageDataset, test: ImageDataset, cfg: VictimConfig, *, seed: int = 0, defenses=(),
+                      options: dict | None = None, desc: str = "victim (st)") -> TrainResult:
+    """Standard training (ST): cross-entropy SGD, the paper's victim protocol. Takes no options."""
+    unknown = sorted(set(options or {}))
+    if unknown:
+        raise UnlearnableError(f"protocol st takes no options, got {', '.join(unknown)}")
+    return train_victim(train, test, cfg, seed=seed, desc=desc, defenses=defenses, protocol="st")
