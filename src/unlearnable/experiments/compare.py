@@ -1,0 +1,193 @@
+"""``unlearnable compare``: every attack on one dataset, one victim each, a Table-1-style table.
+
+Data flow as in the demo, once per attack: clean data -> attack (its preset, ``cpu`` by
+default) -> protected dataset on disk -> a victim trained from scratch on what was written
+-> clean test accuracy; plus one victim on the clean data, whose features give each
+attack's sliced MI between clean and protected images and the MI gap (the clean
+reference SMI(g(X); g(X)) minus SMI(g(X); g(X')), same directions; docs/measuring-mi.md).
+
+Resumable: the output folder keeps one cell per row (``clean/`` with the clean victim's
+weights, ``<method>/poisoned/`` with the protected dataset, ``<method>/metrics.json``). A
+rerun with the same settings skips every row whose ``metrics.json`` exists, reuses a
+finished protected dataset, and resumes an interrupted attack from its checkpoint. The
+settings that make rows comparable (data, subset, seed, presets, victim, MI slices) are
+in ``settings.json``; a rerun with other settings is refused rather than mixing rows.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from ..attacks import attack_names, get_attack
+from ..data import load_dataset, read_poisoned
+from ..data.dataset import DataSplits
+from ..errors import UnlearnableError
+from ..fsutil import atomic_path, is_empty_dir, write_json
+from ..models.checkpoint import load_model, save_model
+from ..poison import poison_dataset
+from ..progress import log
+from ..train import train_victim, victim_preset
+from .demo import measure_mi_gap
+
+# The paper's column order (Table 1), then the APBench extras and anything registered later.
+PAPER_ORDER = ["random", "em", "em-class", "ap", "ap-untargeted", "ntga", "ar", "lsp", "ops", "rem", "sem", "entf",
+               "gue", "tue", "mi-ue", "a-mi-ue"]
+
+
+def default_methods() -> list[str]:
+    names = attack_names()
+    return [m for m in PAPER_ORDER if m in names] + [m for m in names if m not in PAPER_ORDER]
+
+
+def parse_methods(text: str | None) -> list[str]:
+    """A comma list of registered attack names (None or empty: all of them), duplicates dropped."""
+    if not text or not text.strip():
+        return default_methods()
+    names = [t.strip().lower() for t in text.split(",") if t.strip()]
+    for n in names:
+        get_attack(n)  # one-line error naming the unknown method
+    if "clean" in names:
+        raise UnlearnableError("'clean' is always included; list attacks only")
+    return list(dict.fromkeys(names))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UnlearnableError(f"cannot read {path}: {e}") from None
+
+
+def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:
+    """Start ``out`` (new or ``overwrite``), or check that a rerun uses the same settings."""
+    path = out / "settings.json"
+    if out.exists() and not out.is_dir():
+        raise UnlearnableError(f"output path exists and is not a directory: {out}")
+    if out.exists() and overwrite:
+        shutil.rmtree(out)
+    if out.exists() and not is_empty_dir(out):
+        if not path.is_file():
+            raise UnlearnableError(f"{out} is not empty and is not a compare folder (no settings.json); "
+                                   f"choose another --out or pass --overwrite")
+        old, new = _read_json(path), json.loads(json.dumps(settings))
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if diff:
+            raise UnlearnableError(f"{out} holds a comparison made with other settings ({', '.join(diff)}); "
+                                   f"use the same settings, another --out, or --overwrite")
+        return
+    write_json(path, settings)
+
+
+def run_compare(out: str | Path, *, data: str = "fashion-mnist", methods: list[str] | None = None,
+                subset: int | None = 5000, seed: int = 0, preset: str = "cpu", victim: str = "cpu",
+                victim_epochs: int | None = None, victim_overrides: dict | None = None, mi_slices: int = 500,
+                overwrite: bool = False) -> dict:
+    """Run ``methods`` (default: every registered attack) and return the results dict, also
+    written to ``out/results.json`` with the table in ``out/table.md``.
+
+    ``victim_overrides`` are :class:`~unlearnable.train.VictimConfig` fields on top of the
+    ``victim`` preset (tests use a tiny model). An attack that fails with an
+    :class:`UnlearnableError` is recorded under ``failed`` (and retried by the next run);
+    the others still run.
+    """
+    t0 = time.time()
+    out = Path(out)
+    methods = parse_methods(",".join(methods)) if methods else default_methods()
+    vcfg = victim_preset(victim, epochs=victim_epochs, **(victim_overrides or {}))
+    for m in methods:
+        get_attack(m).from_preset(preset)  # refuse an unknown preset before any work
+    splits = load_dataset(data)
+    train = splits.train.stratified_subset(subset, seed) if subset else splits.train
+    if splits.test is None:
+        raise UnlearnableError(f"{splits.name}: no test split to measure victims on")
+    settings = {"data": str(data), "subset": len(train), "seed": seed, "preset": preset,
+                "victim": asdict(vcfg), "mi_slices": mi_slices}
+    _check_settings(out, settings, overwrite)
+    run_splits = DataSplits(train, splits.test, splits.name)
+
+    clean, model = _clean_cell(out / "clean", run_splits, vcfg, seed)
+    rows, failed = {}, {}
+    for i, method in enumerate(methods):
+        log(f"[{i + 1}/{len(methods)}] {method}")
+        try:
+            rows[method] = _attack_cell(out / method, method, run_splits, vcfg, model, clean, seed=seed,
+                                        preset=preset, mi_slices=mi_slices)
+        except UnlearnableError as e:
+            log(f"{method} failed: {e}")
+            failed[method] = str(e)
+    results = {"data": splits.name, "subset": len(train), "test_size": len(splits.test), "seed": seed,
+               "preset": preset, "victim": vcfg.model, "victim_epochs": vcfg.epochs, "methods": methods,
+               "clean": clean, "attacks": rows, "failed": failed, "seconds": round(time.time() - t0, 2)}
+    write_json(out / "results.json", results)
+    with atomic_path(out / "table.md") as tmp:
+        tmp.write_text(format_table(results) + "\n")
+    return results
+
+
+def _clean_cell(cell: Path, splits: DataSplits, vcfg, seed: int):
+    """The clean victim (cached: metrics.json + its weights, needed for every MI row)."""
+    metrics = cell / "metrics.json"
+    if metrics.is_file():
+        model, _ = load_model(cell / "model", device="cpu")
+        return _read_json(metrics), model
+    log(f"victim {vcfg.model} on clean data")
+    res = train_victim(splits.train, splits.test, vcfg, seed=seed, desc="victim (clean)")
+    tr = splits.train
+    save_model(res.model, cell / "model", name=vcfg.model, in_channels=tr.channels, num_classes=tr.num_classes,
+               image_size=tr.image_size[0])
+    row = {"test_acc": res.test_acc, "train_acc": res.train_acc, "victim_s": round(res.seconds, 2),
+           "history": res.history}
+    write_json(metrics, row)
+    return row, res.model
+
+
+def _attack_cell(cell: Path, method: str, splits: DataSplits, vcfg, model, clean: dict, *, seed: int,
+                 preset: str, mi_slices: int) -> dict:
+    metrics = cell / "metrics.json"
+    if metrics.is_file():
+        log(f"{method}: cached in {cell}")
+        return _read_json(metrics)
+    pdir = cell / "poisoned"
+    if not (pdir / "manifest.json").is_file():
+        # resume=True continues a checkpoint left by an interrupted run (or starts afresh).
+        poison_dataset(method, splits, pdir, seed=seed, preset=preset, resume=True, overwrite=True)
+    protected = read_poisoned(pdir)  # what a data user would scrape: the files on disk
+    manifest = protected.manifest
+    res = train_victim(protected.poisoned, splits.test, vcfg, seed=seed, desc=f"victim ({method})")
+    mi = measure_mi_gap(model, protected, seed=seed, estimators=("hist",), slices=mi_slices)["hist"]
+    row = {"method": method, "test_acc": res.test_acc, "acc_gap": round(clean["test_acc"] - res.test_acc, 5),
+           "train_acc": res.train_acc, "mi": mi, "generate_s": manifest["timings"]["generate_s"],
+           "victim_s": round(res.seconds, 2), "eps_255": manifest["eps_255"], "linf_255": manifest["linf_255"],
+           "norm": manifest.get("norm", "linf"), "l0_pixels": manifest.get("l0_pixels"), "history": res.history}
+    write_json(metrics, row)
+    return row
+
+
+def format_table(r: dict) -> str:
+    """Markdown: attack | test acc | gap vs clean | MI (hist) | MI gap | generation s | victim s."""
+    head = ("attack", "test acc", "gap vs clean", "MI (hist)", "MI gap", "generation s", "victim s")
+    c = r["clean"]
+    ref = next((row["mi"]["clean"] for row in r["attacks"].values()), None)
+    rows = [("clean", f"{100 * c['test_acc']:.2f}%", "-", "-" if ref is None else f"{ref:.4f}", "-", "-",
+             f"{c['victim_s']:.0f}")]
+    for m in r["methods"]:
+        if m in r["failed"]:
+            rows.append((m, "failed", "-", "-", "-", "-", "-"))
+            continue
+        a = r["attacks"][m]
+        name = m + (f" (L0 {a['l0_pixels']} px)" if a.get("norm") == "l0" else "")
+        rows.append((name, f"{100 * a['test_acc']:.2f}%", f"{100 * a['acc_gap']:.2f} pts",
+                     f"{a['mi']['poisoned']:.4f}", f"{a['mi']['gap']:.4f} +- {a['mi']['se']:.4f}",
+                     f"{a['generate_s']:.0f}", f"{a['victim_s']:.0f}"))
+    w = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
+    line = lambda row: "| " + " | ".join(x.ljust(w[i]) for i, x in enumerate(row)) + " |"  # noqa: E731
+    title = (f"{r['data']}: {r['subset']} training images, preset {r['preset']}, victim {r['victim']} "
+             f"({r['victim_epochs']} epochs), accuracy on the {r['test_size']}-image clean test set; sliced MI "
+             f"(hist) of the clean victim's features, clean vs protected")
+    lines = [title, "", line(head), "|" + "|".join("-" * (x + 2) for x in w) + "|", *map(line, rows)]
+    lines += [f"{m} failed: {msg}" for m, msg in r["failed"].items()]
+    return "\n".join(lines)

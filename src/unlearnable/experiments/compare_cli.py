@@ -1,0 +1,35 @@
+"""``unlearnable compare``: the CLI over :func:`unlearnable.experiments.compare.run_compare`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(sub, common) -> None:
+    p = sub.add_parser("compare", help="run attacks on one dataset, a victim on each and on clean data, "
+                                       "and print a Table-1-style table (accuracy, gap, MI, times)")
+    p.add_argument("--data", default="fashion-mnist", help="data spec (default: the embedded Fashion-MNIST)")
+    p.add_argument("--methods", help="comma list of attacks (default: every registered attack)")
+    p.add_argument("--subset", type=common["positive_int"], default=5000,
+                   help="class-balanced training subset (default 5000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", default="cpu", help="attack preset for every method (default cpu)")
+    p.add_argument("--victim-epochs", type=common["positive_int"], help="victim epochs (default: the cpu preset's 15)")
+    p.add_argument("--mi-slices", type=common["positive_int"], default=500,
+                   help="random direction pairs for the sliced MI (default 500)")
+    p.add_argument("--out", default="runs/compare", help="output folder; a rerun skips the rows already in it")
+    p.add_argument("--overwrite", action="store_true", help="discard the output folder and start again")
+    p.set_defaults(func=run)
+
+
+def run(args) -> None:
+    from ..errors import UnlearnableError
+    from .compare import format_table, parse_methods, run_compare
+    r = run_compare(args.out, data=args.data, methods=parse_methods(args.methods), subset=args.subset,
+                    seed=args.seed, preset=args.preset, victim_epochs=args.victim_epochs,
+                    mi_slices=args.mi_slices, overwrite=args.overwrite)
+    print(format_table(r))
+    print(f"total wall time {r['seconds']:.0f} s; results: {Path(args.out) / 'results.json'}")
+    if r["failed"]:
+        raise UnlearnableError(f"{len(r['failed'])} attack(s) failed: {', '.join(r['failed'])} "
+                               f"(see {Path(args.out) / 'table.md'}; a rerun retries them)")

@@ -1,0 +1,183 @@
+"""GUE (budget on disk, seeded, resumable, any size, beats random noise on a tiny task) and
+`unlearnable compare` (end to end on a tiny npz; a rerun reuses every cached row)."""
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from test_attacks_zoo import smooth_bands  # the zoo's tiny learnable task (registers test-cnn-w8)
+from unlearnable.attacks import get_attack
+from unlearnable.attacks.base import Checkpoint
+from unlearnable.attacks.gue import PerturbationGenerator, payoff
+from unlearnable.cli import main
+from unlearnable.data import quantize, read_poisoned
+from unlearnable.data.dataset import ImageDataset
+from unlearnable.data.poisoned import budget_levels
+from unlearnable.errors import UnlearnableError
+from unlearnable.experiments import compare
+from unlearnable.poison import poison_dataset
+from unlearnable.train import train_victim, victim_preset
+
+FAST = dict(model="test-cnn-w8", device="cpu", channels_last=False, batch_size=64, epochs=2, inner_steps=2,
+            gen_width=4, gen_levels=2)
+
+
+def test_gue_registry_presets_and_payoff():
+    cls = get_attack("gue")
+    assert {"cpu", "paper-cifar10"} <= set(cls.presets)
+    assert cls.from_preset("paper-cifar10").config.label_input is False  # the paper's generator sees images only
+    doc = sys.modules[cls.__module__].__doc__
+    assert "2024" in doc and "Defaults" in doc
+    with pytest.raises(UnlearnableError, match="eps must be in"):
+        cls(eps=0.0)
+    with pytest.raises(UnlearnableError, match="gen_optimizer"):
+        cls(gen_optimizer="rmsprop")
+    with pytest.raises(UnlearnableError, match="unknown option"):
+        cls(pgd_steps=3)  # GUE has no PGD: the CLI's --steps is refused
+    # The payoff is max over wrong classes of the cross-entropy, batch-averaged ...
+    logits, y = torch.randn(6, 5), torch.tensor([0, 1, 2, 3, 4, 0])
+    wrong = torch.stack([F.cross_entropy(logits, (y + s) % 5, reduction="none") for s in range(1, 5)])
+    assert torch.allclose(payoff(logits, y), wrong.max(0).values.mean())
+    # ... and bounded below by log(K - 1), reached when the true class gets nothing.
+    ideal = torch.zeros(2, 5).index_put_((torch.arange(2), torch.tensor([1, 3])), torch.tensor(-1e4))
+    assert math.isclose(float(payoff(ideal, torch.tensor([1, 3]))), math.log(4), rel_tol=1e-5)
+
+
+def test_gue_budget_on_disk_and_same_seed(tiny_npz, tmp_path):
+    m = poison_dataset("gue", str(tiny_npz), tmp_path / "out", seed=0, overrides=FAST)
+    back = read_poisoned(tmp_path / "out")
+    assert m["method"] == "gue" and m["norm"] == "linf"
+    assert 0 < int(np.abs(back.delta).max()) == m["linf_255"] <= budget_levels(8 / 255) == 8
+    assert len(m["history"]) == 2 and {"payoff", "q", "lambda"} <= set(m["history"][0])
+    train = back.clean
+    attack = get_attack("gue").from_preset("cpu", **FAST)
+    again = quantize(train.images, attack.generate(train, seed=0).delta, attack.config.eps)
+    np.testing.assert_array_equal(again, back.poisoned.images)
+    other = quantize(train.images, attack.generate(train, seed=1).delta, attack.config.eps)
+    assert not np.array_equal(other, again)
+
+
+@pytest.mark.parametrize("size,channels", [(28, 1), (32, 3), (224, 3)])
+def test_gue_channels_and_sizes(size, channels):
+    rng = np.random.default_rng(0)
+    n = 4 if size == 224 else 8
+    ds = ImageDataset(rng.integers(0, 256, (n, size, size, channels), dtype=np.uint8), np.arange(n) % 2, ["a", "b"])
+    over = dict(FAST, epochs=1, inner_steps=1, label_input=size == 32)
+    if size == 224:
+        over.update(model="lenet-5", gen_levels=3)
+    attack = get_attack("gue")(**over)
+    d = attack.generate(ds, seed=0).delta
+    assert d.shape == (n, channels, size, size) and d.dtype == torch.float32
+    assert torch.isfinite(d).all() and 0 < d.abs().max() <= attack.config.eps + 1e-6
+    x = torch.from_numpy(ds.images).permute(0, 3, 1, 2).float() / 255
+    assert (x + d).min() >= -1e-6 and (x + d).max() <= 1 + 1e-6
+    # The generator keeps odd sizes (28 -> 14 -> 7 -> 4 and back).
+    g = PerturbationGenerator(channels, width=2, levels=3, num_classes=2)
+    assert g(x[:2], torch.tensor([0, 1])).shape == x[:2].shape
+
+
+def test_gue_resume_after_crash_is_bit_identical(tiny_npz, tmp_path, monkeypatch):
+    """Crash right after the second checkpoint (inside the first epoch: every 2 of its 5
+    batches), resume, and compare with an uninterrupted run."""
+    from unlearnable.data import load_dataset
+    train = load_dataset(tiny_npz).train
+    over = dict(FAST, batch_size=32, checkpoint_batches=2)
+    full = get_attack("gue")(**over).generate(train, seed=2)
+    real_save, calls = Checkpoint.save, []
+
+    def crashing_save(self, state):
+        real_save(self, state)
+        calls.append(state["units"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpoint, "save", crashing_save)
+    with pytest.raises(KeyboardInterrupt):
+        get_attack("gue")(**over).generate(train, seed=2, workdir=tmp_path)
+    monkeypatch.setattr(Checkpoint, "save", real_save)
+    assert calls == [2, 4]
+    resumed = get_attack("gue")(**over).generate(train, seed=2, workdir=tmp_path, resume=True)
+    assert resumed.info["resumed_from_epoch"] == 4
+    assert torch.equal(resumed.delta, full.delta)
+    assert [h["payoff"] for h in resumed.info["history"]] == [h["payoff"] for h in full.info["history"]]
+    with pytest.raises(UnlearnableError, match="checkpoint was made with other"):
+        get_attack("gue")(**over).generate(train, seed=3, workdir=tmp_path, resume=True)
+
+
+def test_gue_beats_random_noise():
+    """Victim test accuracy after training on GUE poisons vs on random noise of the same
+    budget, on the zoo's tiny task (a 20/255 band gives the class; budget 32/255; flips
+    only, since a crop would move the band). Recorded on 2 CPU threads: random ~0.99."""
+    eps = 32 / 255
+    x, y = smooth_bands(480, seed=1)
+    names = list("abcd")
+    train, test = ImageDataset(x[:320], y[:320], names), ImageDataset(x[320:], y[320:], names)
+    victim = victim_preset("cpu", model="test-cnn-w8", epochs=8, batch_size=32, lr=0.05, augment="flip",
+                           device="cpu", channels_last=False)
+    gue = dict(FAST, batch_size=32, epochs=6, inner_steps=2, inner_lr=1e-3, lr=0.02, gen_lr=1.0, gen_width=8,
+               label_input=True, train_augment="flip")
+    acc = {}
+    for name, over in {"random": {}, "gue": gue}.items():
+        attack = get_attack(name)(**over, eps=eps)
+        poisoned = quantize(train.images, attack.generate(train, seed=0).delta, eps)
+        acc[name] = train_victim(ImageDataset(poisoned, train.labels, names), test, victim, seed=0).test_acc
+    print(acc)
+    assert acc["random"] >= 0.9, acc
+    assert acc["gue"] <= acc["random"] - 0.15, acc
+
+
+# ---------------------------------------------------------------------------------------
+# unlearnable compare
+
+def _compare_cli(tiny_npz, out, *extra):
+    return main(["-q", "compare", "--data", str(tiny_npz), "--methods", "random,ops,lsp", "--victim-epochs", "2",
+                 "--mi-slices", "16", "--out", str(out), *extra])
+
+
+def test_compare_end_to_end_then_cached(tiny_npz, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "cmp"
+    assert _compare_cli(tiny_npz, out) == 0
+    printed = capsys.readouterr().out
+    r = json.loads((out / "results.json").read_text())
+    assert r["methods"] == ["random", "ops", "lsp"]  # the order given
+    assert set(r["attacks"]) == {"random", "ops", "lsp"} and not r["failed"]
+    assert r["subset"] == 160 and r["victim_epochs"] == 2 and 0 <= r["clean"]["test_acc"] <= 1
+    for m, row in r["attacks"].items():
+        assert 0 <= row["test_acc"] <= 1
+        assert row["acc_gap"] == pytest.approx(r["clean"]["test_acc"] - row["test_acc"], abs=1e-5)
+        assert {"clean", "poisoned", "gap", "se"} <= set(row["mi"]) and math.isfinite(row["mi"]["gap"])
+        assert row["generate_s"] >= 0 and row["victim_s"] > 0
+        assert (out / m / "poisoned" / "manifest.json").is_file() and (out / m / "metrics.json").is_file()
+    assert r["attacks"]["ops"]["norm"] == "l0" and r["attacks"]["random"]["linf_255"] <= 8
+    table = (out / "table.md").read_text()
+    header = "| attack | test acc | gap vs clean | MI (hist) | MI gap | generation s | victim s |"
+    assert header.replace(" ", "") in table.replace(" ", "") and table.strip() in printed
+    assert "ops (L0 1 px)" in table and "| clean" in table
+
+    # A rerun trains and poisons nothing (every row is cached) and reports the same numbers.
+    def refuse(*a, **k):
+        raise AssertionError("a cached row was recomputed")
+    monkeypatch.setattr(compare, "poison_dataset", refuse)
+    monkeypatch.setattr(compare, "train_victim", refuse)
+    assert _compare_cli(tiny_npz, out) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert again["attacks"] == r["attacks"] and again["clean"] == r["clean"]
+
+    # A new method in the same folder runs only that row; other settings are refused.
+    monkeypatch.undo()
+    (out / "lsp" / "metrics.json").unlink()  # as if the run had been killed before lsp finished
+    calls = []
+    real = compare.train_victim
+    monkeypatch.setattr(compare, "train_victim", lambda *a, **k: calls.append(k.get("desc")) or real(*a, **k))
+    assert _compare_cli(tiny_npz, out) == 0
+    assert calls == ["victim (lsp)"]
+    capsys.readouterr()
+    assert _compare_cli(tiny_npz, out, "--seed", "1") == 2
+    assert "other settings (seed" in capsys.readouterr().err
+    with pytest.raises(UnlearnableError, match="unknown method"):
+        compare.parse_methods("random,nope")
