@@ -22,6 +22,16 @@ def _eps(text: str) -> float:
     return value
 
 
+def _ratio(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1]: {text}")
+    return v
+
+
 def _positive_int(text: str) -> int:
     try:
         v = int(text)
@@ -59,7 +69,6 @@ def _attack_overrides(args) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     from .attacks import attack_names
-    from .models import model_names
 
     p = _Parser(prog="unlearnable", description="Make image data unlearnable, test the protection, measure why.")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or status lines")
@@ -83,20 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     q.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    q.add_argument("--classes", metavar="LIST", help="protect only these classes (comma list of indices or names, "
+                   "e.g. 0 or Bag,Sneaker); the attack still sees every image (docs/partial-poisoning.md)")
+    q.add_argument("--ratio", type=_ratio, metavar="R", help="protect a seeded, class-stratified fraction "
+                   "0 < R <= 1 of the training set (of the --classes images when given)")
     _add_attack_flags(q)
 
-    t = sub.add_parser("train", help="train a victim on a dataset and report clean test accuracy")
-    t.add_argument("--data", required=True, help="a protected dataset folder, or any data spec")
-    t.add_argument("--model", default="cnn", help=f"victim model: {', '.join(model_names())}")
-    t.add_argument("--preset", default="cpu", help="victim preset: cpu (default) or paper-st")
-    t.add_argument("--epochs", type=_positive_int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--batch-size", type=_positive_int)
-    t.add_argument("--augment", help="none, crop-flip (default), crop, flip")
-    t.add_argument("--device", help="cpu, cuda, cuda:N or auto")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", required=True, help="output folder: metrics.json, model.safetensors, model.json")
-    t.add_argument("--overwrite", action="store_true")
     ms = sub.add_parser("measure", help="sliced MI between clean and poisoned features, MI gap, covariance, separability")
     ms.add_argument("--poisoned", required=True, nargs="+", metavar="DIR",
                     help="protected dataset folder(s) written by 'poison' (same images, e.g. several attacks)")
@@ -136,28 +137,16 @@ def cmd_demo(args):
 def cmd_poison(args):
     from .poison import poison_dataset
     m = poison_dataset(args.method, args.data, args.out, subset=args.subset, seed=args.seed, preset=args.preset,
-                       overrides=_attack_overrides(args), resume=args.resume, overwrite=args.overwrite)
-    print(json.dumps({"out": str(args.out), "method": m["method"], "images": m["counts"]["train"],
+                       overrides=_attack_overrides(args), resume=args.resume, overwrite=args.overwrite,
+                       classes=args.classes, ratio=args.ratio)
+    sel = m.get("selection")
+    extra = {} if sel is None else {
+        "protected": sel["count"], "ratio": sel["ratio"],
+        "protected_classes": None if sel["protected_classes"] is None
+        else [m["class_names"][c] for c in sel["protected_classes"]]}
+    print(json.dumps({"out": str(args.out), "method": m["method"], "images": m["counts"]["train"], **extra,
                       "eps_255": m["eps_255"], "linf_255": m["linf_255"],
                       "generate_s": m["timings"]["generate_s"]}))
-
-
-def cmd_train(args):
-    from .data import load_dataset
-    from .fsutil import prepare_output_dir, write_json
-    from .models.checkpoint import save_model
-    from .train import train_victim, victim_preset
-    out = prepare_output_dir(args.out, args.overwrite)
-    cfg = victim_preset(args.preset, model=args.model, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                        augment=args.augment, device=args.device)
-    splits = load_dataset(args.data)
-    res = train_victim(splits.train, splits.test, cfg, seed=args.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    save_model(res.model, out, name=cfg.model, in_channels=splits.train.channels,
-               num_classes=splits.train.num_classes, image_size=splits.train.image_size[0])
-    write_json(out / "metrics.json", {"data": splits.name, "model": cfg.model, "seed": args.seed, **res.metrics()})
-    print(json.dumps({"out": str(out), "test_acc": res.test_acc, "train_acc": res.train_acc,
-                      "seconds": round(res.seconds, 1)}))
 
 
 def cmd_measure(args):
@@ -174,12 +163,13 @@ def cmd_measure(args):
         print(f"results: {args.out}")
 
 
-COMMANDS = {"demo": cmd_demo, "poison": cmd_poison, "train": cmd_train, "measure": cmd_measure}
+COMMANDS = {"demo": cmd_demo, "poison": cmd_poison, "measure": cmd_measure}
 
 # Commands that live beside the library code they drive. Each module has
 # ``register(sub, common)``: it adds its sub-parser(s) with ``set_defaults(func=...)``;
 # ``common`` gives the shared argument types and flag groups of this module.
-EXTENSIONS = ()
+EXTENSIONS = ("unlearnable.train_cli", "unlearnable.protect.cli", "unlearnable.experiments.run_cli",
+              "unlearnable.experiments.compare_cli")
 
 
 def _common():

@@ -50,10 +50,13 @@ class MIUEConfig:
     device: str = "auto"
     bf16: bool = False
     channels_last: bool = True
+    # DDP: each batch split over this many shards (unlearnable.distributed; torchrun sets it to the
+    # world size, and one process with the same value reproduces a 2-rank run bit for bit); 1: plain run.
+    shards: int = 1
 
     def validate(self):
         check_eps(self.eps)
-        check_positive("mi-ue", self, ("epochs", "batch_size", "pgd_steps", "forward_chunk"))
+        check_positive("mi-ue", self, ("epochs", "batch_size", "pgd_steps", "forward_chunk", "shards"))
         if self.step_size <= 0 or self.tau <= 0 or self.zeta < 0 or self.lr <= 0:
             raise UnlearnableError("mi-ue: step_size, tau and lr must be positive and zeta non-negative")
         if self.distance_scale not in ("none", "dim"):
@@ -86,18 +89,23 @@ class MIUE(Attack):
         "cpu": MIUEConfig(),
     }
 
+    def augmentations(self, train):
+        """The (source-model training, inside-PGD) augmentations: ``fn(x, generator)`` or None.
+        A hook for variants that change them (A-MI-UE)."""
+        cfg = self.config
+        return build_augment(cfg.train_augment, cfg.crop_padding), build_augment(cfg.pgd_augment, cfg.crop_padding)
+
     def generate(self, train, *, seed: int = 0, workdir=None, resume: bool = False) -> AttackResult:
         cfg = self.config
         run = SourceRun(self.name, cfg, train, seed=seed, workdir=workdir, resume=resume,
                         schedule="cosine", schedule_epochs=cfg.epochs)
         model, gen, device, data, delta = run.model, run.gen, run.device, run.data, run.param
-        train_aug = build_augment(cfg.train_augment, cfg.crop_padding)
-        pgd_aug = build_augment(cfg.pgd_augment, cfg.crop_padding)
+        train_aug, pgd_aug = self.augmentations(train)
         start, history = run.start, run.history
 
         dist_scale = 1.0 / model.feature_dim if cfg.distance_scale == "dim" else 1.0
         n_tr = num_batches(len(data), cfg.batch_size)
-        with bar(total=cfg.epochs * 2 * n_tr, initial=start * 2 * n_tr, desc="mi-ue", unit="batch") as pb:
+        with bar(total=cfg.epochs * 2 * n_tr, initial=start * 2 * n_tr, desc=self.name, unit="batch") as pb:
             for epoch in range(start, cfg.epochs):
                 # Source model: one pass of CE on the current poisons (min over theta).
                 ce, acc = run.train_pass(train_aug, delta=delta, on_batch=pb.update)
@@ -114,13 +122,14 @@ class MIUE(Attack):
                         with autocast(device, cfg.bf16):
                             z = torch.cat([model.features(to_model_input(c, cfg.channels_last))
                                            for c in inp.split(cfg.forward_chunk)])
-                        loss = mi_loss(z, y, tau=cfg.tau, zeta=cfg.zeta, distance_scale=dist_scale)
-                        last[:] = [loss.detach()]
+                        z, yb = run.gather_batch(z, y)  # DDP: the whole batch (identity otherwise)
+                        loss = mi_loss(z, yb, tau=cfg.tau, zeta=cfg.zeta, distance_scale=dist_scale)
+                        last[:] = [loss.detach(), len(yb)]
                         return loss
 
                     transform = (lambda t: pgd_aug(t, gen)) if pgd_aug is not None else None
                     new = pgd(loss_fn, x, d, steps=cfg.pgd_steps, step_size=step, eps=cfg.eps, transform=transform)
-                    mi_total[0] += float(last[0]) * len(y)
+                    mi_total[0] += float(last[0]) * last[1]
                     return new
 
                 run.update_poisons(update, on_batch=pb.update)

@@ -100,6 +100,12 @@ class SourceRun:
             self.start, self.history, elapsed = state["epoch"], list(state["history"]), state["elapsed"]
             self.extra = dict(state.get("extra", {}))
         self.t0 = time.time() - elapsed
+        # DDP hook (unlearnable.distributed): batches split over ranks, or the same arithmetic in
+        # one process, when the config asks for shards; None for the plain run.
+        from ..distributed import sharding_for
+        self.sharding = sharding_for(cfg)
+        if self.sharding is not None and not self.sharding.writer:
+            self.ckpt = None  # rank 0 writes the checkpoint; the others only read it on resume
 
     # -- bookkeeping ---------------------------------------------------------------
     def seconds(self) -> float:
@@ -151,6 +157,9 @@ class SourceRun:
         ``start_batch``/``stop_batch`` select a slice of an unshuffled pass (for attacks
         that checkpoint inside one pass).
         """
+        if self.sharding is not None and self.sharding.distributed:  # DDP hook
+            return self.sharding.update_poisons(self, update, shuffle=shuffle, on_batch=on_batch,
+                                                start_batch=start_batch, stop_batch=stop_batch)
         gen = self.gen if shuffle else None
         for b, idx in enumerate(batches(len(self.data), self.cfg.batch_size, gen, self.device)):
             if b < start_batch:
@@ -172,6 +181,9 @@ class SourceRun:
     # -- training ------------------------------------------------------------------
     def train_pass(self, augment=None, *, delta: torch.Tensor | None = None, max_batches: int | None = None,
                    perturb=None, on_batch=None) -> tuple[float, float]:
+        if self.sharding is not None:  # DDP hook
+            return self.sharding.train_pass(self, augment, delta=delta, max_batches=max_batches, perturb=perturb,
+                                            on_batch=on_batch)
         return train_epoch(self.model, self.opt, self.data, batch_size=self.cfg.batch_size, generator=self.gen,
                            augment=augment, delta=delta, bf16=self.cfg.bf16, channels_last=self.cfg.channels_last,
                            on_batch=on_batch, max_batches=max_batches, perturb=perturb)
@@ -188,6 +200,11 @@ class SourceRun:
             loss, acc = self.train_pass(augment, delta=delta, max_batches=take, perturb=perturb, on_batch=on_batch)
             loss_sum, acc_sum, seen, done = loss_sum + loss * n, acc_sum + acc * n, seen + n, done + take
         return loss_sum / max(1, seen), acc_sum / max(1, seen)
+
+    def gather_batch(self, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """DDP hook: the whole poison batch's features and labels when each rank holds a shard
+        (its own rows keep their graph); ``(z, y)`` unchanged otherwise."""
+        return (z, y) if self.sharding is None else self.sharding.gather(z, y)
 
     def accuracy(self, delta: torch.Tensor | None = None) -> float:
         """Source-model accuracy on the (poisoned, when ``delta`` is given) training set."""

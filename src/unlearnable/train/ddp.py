@@ -1,0 +1,55 @@
+"""Standard victim training with every batch split over DDP ranks (or shards in one process).
+
+``torchrun --nproc_per_node=N -m unlearnable.distributed train ...`` calls
+:func:`train_victim_ddp`. The loop is :func:`unlearnable.train.train_victim`'s (same
+batches, augmentation, schedule and per-epoch clean test accuracy), with each step done by
+:class:`unlearnable.distributed.Sharding`: every rank draws the same batch, keeps its
+shard, gradients are averaged by ``DistributedDataParallel`` and the BatchNorm running
+statistics are averaged after each step. In one process with ``shards=W`` the same
+arithmetic runs sequentially; with W = 2 the two give identical weights (see the module
+docstring of :mod:`unlearnable.distributed`). Data and batch defenses and the other
+protocols are not supported on this path; ``unlearnable run`` covers them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+from ..data.augment import build_augment
+from ..models import build_model
+from ..progress import bar
+from ..runtime import make_generator, prepare_model, resolve_device, seed_everything
+from . import standard
+from .loops import TensorData, num_batches, sgd_cosine
+
+
+def train_victim_ddp(train, test, cfg, *, seed: int = 0, shards: int | None = None,
+                     desc: str = "victim (ddp)") -> standard.TrainResult:
+    """Train ``cfg.model`` from scratch on ``train`` with each batch split over ``shards``
+    (default: the world size of the process group, 1 without one)."""
+    from ..distributed import Sharding, world
+    cfg.validate()
+    sh = Sharding(shards or world()[1])
+    device = resolve_device(cfg.device)
+    seed_everything(seed)
+    gen = make_generator(seed)
+    model = prepare_model(build_model(cfg.model, train.channels, train.num_classes, train.image_size[0]), device,
+                          cfg.channels_last)
+    make_opt = getattr(standard, "make_optimizer", None)  # cosine or step schedule, as train_victim
+    opt, sched = make_opt(model, cfg) if make_opt else sgd_cosine(
+        model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, epochs=cfg.epochs, lr_min=cfg.lr_min)
+    augment = build_augment(cfg.augment, cfg.crop_padding)
+    tr, te = TensorData.from_dataset(train, device), TensorData.from_dataset(test, device)
+    history, t0 = [], time.time()
+    with bar(total=cfg.epochs * num_batches(len(tr), cfg.batch_size), desc=desc, unit="batch") as pb:
+        for epoch in range(cfg.epochs):
+            loss, acc = sh.train_epoch(model, opt, tr, batch_size=cfg.batch_size, generator=gen, augment=augment,
+                                       bf16=cfg.bf16, channels_last=cfg.channels_last, on_batch=pb.update)
+            sched.step()
+            test_acc = sh.evaluate(model, te, bf16=cfg.bf16, channels_last=cfg.channels_last)
+            history.append({"epoch": epoch + 1, "loss": round(loss, 5), "train_acc": round(acc, 5),
+                            "test_acc": round(test_acc, 5), "seconds": round(time.time() - t0, 2)})
+    train_acc = sh.evaluate(model, tr, bf16=cfg.bf16, channels_last=cfg.channels_last)
+    return standard.TrainResult(test_acc=history[-1]["test_acc"], train_acc=train_acc, history=history,
+                                seconds=time.time() - t0, config={**asdict(cfg), "shards": sh.w}, model=model)
