@@ -92,3 +92,29 @@ def replace_dir(src: Path, dest: Path) -> None:
     else:
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dest)
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_file: str | os.PathLike, busy: str):
+    """Hold an exclusive ``flock`` on ``lock_file`` (created; never through a symlink) for the block.
+
+    The OS releases it when the process dies, so a killed run never leaves a stale lock.
+    ``busy`` is the one-line error when another process holds it.
+    """
+    import fcntl
+
+    from .errors import UnlearnableError
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        raise UnlearnableError(f"cannot create the lock file {lock_file}: {e}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UnlearnableError(busy) from None
+        yield
+    finally:
+        os.close(fd)

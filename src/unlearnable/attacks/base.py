@@ -113,6 +113,16 @@ class Checkpoint:
         except Exception as e:  # noqa: BLE001 - any failure means an unusable checkpoint
             raise UnlearnableError(f"cannot read checkpoint {self.path}: {e}") from None
 
+    def load_matching(self, method: str, config: dict, seed: int, fingerprint: str, **more) -> dict:
+        """Load, refusing a checkpoint of another method, config, seed, data or ``more`` (e.g. a block size):
+        resuming from it would silently mix two different runs."""
+        state = self.load()
+        want = {"method": method, "config": config, "seed": seed, "fingerprint": fingerprint, **more}
+        if any(state.get(k, method if k == "method" else None) != v for k, v in want.items()):
+            raise UnlearnableError(f"{self.path}: checkpoint was made with other data, config or seed; "
+                                   f"rerun without --resume (or with --overwrite)")
+        return state
+
 
 def rng_state(gen: torch.Generator) -> dict:
     return {"generator": gen.get_state(), "torch": torch.get_rng_state()}

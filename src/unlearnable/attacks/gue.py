@@ -190,11 +190,7 @@ class GUE(Attack):
         epoch, start_batch, order, history, sums, t0 = 0, 0, None, [], {}, time.time()
         resumed_from = 0
         if resume and ckpt is not None and ckpt.exists():
-            state = ckpt.load()
-            if (state.get("method") != self.name or state["config"] != determining or state["seed"] != seed
-                    or state["fingerprint"] != fp):
-                raise UnlearnableError(f"{ckpt.path}: checkpoint was made with other data, config or seed; "
-                                       f"rerun without --resume (or with --overwrite)")
+            state = ckpt.load_matching(self.name, determining, seed, fp)
             cls.load_state_dict(state["classifier"])
             net.load_state_dict(state["generator"])
             opt_cls.load_state_dict(state["opt_classifier"])

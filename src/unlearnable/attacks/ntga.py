@@ -136,11 +136,7 @@ class NTGA(Attack):
         ckpt = Checkpoint(workdir) if workdir is not None else None
         start, history, t0 = 0, [], time.time()
         if resume and ckpt is not None and ckpt.exists():
-            state = ckpt.load()
-            if (state.get("method") != self.name or state["config"] != determining or state["seed"] != seed
-                    or state["fingerprint"] != fp or state["block"] != block):
-                raise UnlearnableError(f"{ckpt.path}: checkpoint was made with other data, config or seed; "
-                                       f"rerun without --resume (or with --overwrite)")
+            state = ckpt.load_matching(self.name, determining, seed, fp, block=block)
             delta.copy_(state["delta"])
             set_rng_state(gen, state["rng"])
             start, history, t0 = state["epoch"], list(state["history"]), time.time() - state["elapsed"]

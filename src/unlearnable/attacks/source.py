@@ -26,7 +26,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import UnlearnableError
 from ..models import build_model
 from ..progress import bar
 from ..runtime import autocast, make_generator, prepare_model, resolve_device, seed_everything, to_model_input
@@ -86,11 +85,7 @@ class SourceRun:
         self.extra: dict = {}
         self.start, elapsed = 0, 0.0
         if resume and self.ckpt is not None and self.ckpt.exists():
-            state = self.ckpt.load()
-            if (state.get("method", name) != name or state["config"] != self.determining or state["seed"] != seed
-                    or state["fingerprint"] != self.fp):
-                raise UnlearnableError(f"{self.ckpt.path}: checkpoint was made with other data, config or seed; "
-                                       f"rerun without --resume (or with --overwrite)")
+            state = self.ckpt.load_matching(name, self.determining, seed, self.fp)
             self.param.copy_(state["delta"].to(device))
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["optimizer"])

@@ -136,11 +136,7 @@ class TUE(Attack):
         ckpt = Checkpoint(workdir) if workdir is not None else None
         start, history, elapsed = 0, [], 0.0
         if resume and ckpt is not None and ckpt.exists():
-            state = ckpt.load()
-            if (state.get("method") != self.name or state["config"] != determining or state["seed"] != seed
-                    or state["fingerprint"] != fp):
-                raise UnlearnableError(f"{ckpt.path}: checkpoint was made with other data, config or seed; "
-                                       f"rerun without --resume (or with --overwrite)")
+            state = ckpt.load_matching(self.name, determining, seed, fp)
             delta.copy_(state["delta"].to(device))
             net.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])

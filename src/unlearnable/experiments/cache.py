@@ -20,14 +20,13 @@ never recomputed. Device names never enter a key.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 from pathlib import Path
 
 from ..errors import UnlearnableError
-from ..fsutil import _json_default, write_json
+from ..fsutil import _json_default, exclusive_lock, write_json
 
 
 def canonical(obj) -> str:
@@ -64,20 +63,9 @@ class RunStore:
         return self.artefacts / "mi" / f"{key}.npz"
 
     # -- locking -------------------------------------------------------------------
-    @contextlib.contextmanager
     def lock(self):
         """An exclusive lock on the run directory (released by the OS if the process dies)."""
-        import fcntl
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise UnlearnableError(f"{self.root} is in use by another 'unlearnable run'") from None
-            yield
-        finally:
-            os.close(fd)
+        return exclusive_lock(self.root / ".lock", f"{self.root} is in use by another 'unlearnable run'")
 
     # -- results -------------------------------------------------------------------
     def load_results(self, repair: bool = False) -> dict[str, dict]:

@@ -20,3 +20,15 @@ class FeatureModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+class PooledBody(FeatureModel):
+    """A conv ``body`` then global average pooling as the features, and one linear ``fc`` head.
+
+    Subclasses set ``self.body``, ``self.feature_dim`` and ``self.fc``."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(self.body(x), 1), 1)
+
+    def head(self, z: torch.Tensor) -> torch.Tensor:
+        return self.fc(z)

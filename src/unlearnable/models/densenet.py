@@ -17,11 +17,10 @@ variants (tests).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UnlearnableError
-from .base import FeatureModel
+from .base import PooledBody
 
 
 def bn_relu_conv(c_in: int, c_out: int, kernel: int) -> list[nn.Module]:
@@ -39,7 +38,7 @@ class DenseLayer(nn.Module):
         return torch.cat([x, self.net(x)], 1)
 
 
-class DenseNet(FeatureModel):
+class DenseNet(PooledBody):
     def __init__(self, in_channels: int = 3, num_classes: int = 10, image_size: int = 32, growth: int = 32,
                  blocks=(6, 12, 24, 16), bottleneck: int = 4, compression: float = 0.5):
         super().__init__()
@@ -64,12 +63,6 @@ class DenseNet(FeatureModel):
         self.body = nn.Sequential(*layers)
         self.feature_dim = c
         self.fc = nn.Linear(c, num_classes)
-
-    def features(self, x):
-        return torch.flatten(F.adaptive_avg_pool2d(self.body(x), 1), 1)
-
-    def head(self, z):
-        return self.fc(z)
 
 
 def densenet121(**kw):

@@ -18,18 +18,16 @@ variant (about 9.2M parameters for 10 classes) that the MI-UE paper's Table 13 u
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UnlearnableError
-from .base import FeatureModel
+from .base import PooledBody
 
 # Channel multipliers of the base width; "M" is a 2x2 max-pool.
 VGG11 = (1, "M", 2, "M", 4, 4, "M", 8, 8, "M", 8, 8, "M")
 
 
-class VGG(FeatureModel):
+class VGG(PooledBody):
     def __init__(self, in_channels: int = 3, num_classes: int = 10, image_size: int = 32, width: int = 64,
                  config=VGG11):
         super().__init__()
@@ -46,12 +44,6 @@ class VGG(FeatureModel):
         self.body = nn.Sequential(*layers)
         self.feature_dim = c
         self.fc = nn.Linear(c, num_classes)
-
-    def features(self, x):
-        return torch.flatten(F.adaptive_avg_pool2d(self.body(x), 1), 1)
-
-    def head(self, z):
-        return self.fc(z)
 
 
 def vgg11(**kw):

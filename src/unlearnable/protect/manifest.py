@@ -13,15 +13,13 @@ process dies) keeps two runs from writing into one folder at once.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 from pathlib import Path
 
 from ..errors import UnlearnableError
-from ..fsutil import write_json
+from ..fsutil import exclusive_lock, write_json
 
 FORMAT = "unlearnable-protect/1"
 NAME = "manifest.json"
@@ -99,19 +97,6 @@ class Manifest:
                                "unreadable": [self.unreadable[k] for k in sorted(self.unreadable)]})
 
 
-@contextlib.contextmanager
 def output_lock(out_root: Path):
     """Create ``out_root`` and hold its lock for the block; one-line error when taken."""
-    out_root.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(out_root / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    except OSError as e:
-        raise UnlearnableError(f"cannot create the lock file in {out_root}: {e}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UnlearnableError(f"another 'unlearnable protect' is writing to {out_root}") from None
-        yield
-    finally:
-        os.close(fd)
+    return exclusive_lock(out_root / LOCK, f"another 'unlearnable protect' is writing to {out_root}")
