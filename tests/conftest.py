@@ -29,3 +29,23 @@ def tiny_npz(tmp_path):
     np.savez(path, x_train=x[:160], y_train=y[:160], x_test=x[160:], y_test=y[160:],
              class_names=np.array(["a", "b", "c", "d"]))
     return path
+
+
+def crash_then_resume(make_attack, train, workdir, monkeypatch, *, crash_after=2, seed=2):
+    """Run ``make_attack()`` uninterrupted, then again with a crash right after its
+    ``crash_after``-th checkpoint save, then resume it: returns (full, resumed) results."""
+    from unlearnable.attacks.base import Checkpoint
+    full = make_attack().generate(train, seed=seed)
+    real_save, calls = Checkpoint.save, []
+
+    def crashing_save(self, state):
+        real_save(self, state)
+        calls.append(1)
+        if len(calls) == crash_after:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpoint, "save", crashing_save)
+    with pytest.raises(KeyboardInterrupt):
+        make_attack().generate(train, seed=seed, workdir=workdir)
+    monkeypatch.setattr(Checkpoint, "save", real_save)
+    return full, make_attack().generate(train, seed=seed, workdir=workdir, resume=True)

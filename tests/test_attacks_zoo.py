@@ -8,11 +8,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import crash_then_resume
 import torch
 
 from unlearnable.attacks import attack_names, get_attack
 from unlearnable.attacks.ar import ar_generate, sample_filter
-from unlearnable.attacks.base import Checkpoint
 from unlearnable.attacks.ntga import block_limit, relu_ntk
 from unlearnable.data import load_dataset, quantize, read_poisoned, write_poisoned
 from unlearnable.data.dataset import ImageDataset
@@ -124,20 +124,7 @@ def test_resume_after_crash_is_bit_identical(method, tiny_npz, tmp_path, monkeyp
         monkeypatch.setattr(source, "CRAFT_CHUNK", 4)
     else:
         over = dict(FAST[method], block_size=40)
-    full = get_attack(method)(**over).generate(train, seed=2)
-    real_save, calls = Checkpoint.save, []
-
-    def crashing_save(self, state):
-        real_save(self, state)
-        calls.append(state["epoch"])
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Checkpoint, "save", crashing_save)
-    with pytest.raises(KeyboardInterrupt):
-        get_attack(method)(**over).generate(train, seed=2, workdir=tmp_path)
-    monkeypatch.setattr(Checkpoint, "save", real_save)
-    resumed = get_attack(method)(**over).generate(train, seed=2, workdir=tmp_path, resume=True)
+    full, resumed = crash_then_resume(lambda: get_attack(method)(**over), train, tmp_path, monkeypatch)
     assert resumed.info["resumed_from_epoch"] == 2
     assert torch.equal(resumed.delta, full.delta)
     with pytest.raises(UnlearnableError, match="checkpoint was made with other"):

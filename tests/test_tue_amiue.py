@@ -5,11 +5,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import crash_then_resume
 import torch
 
 from unlearnable.attacks import get_attack
 from unlearnable.attacks.a_mi_ue import AMIUEConfig
-from unlearnable.attacks.base import Checkpoint
 from unlearnable.attacks.mi_ue import MIUE
 from unlearnable.attacks.tue import class_separability
 from unlearnable.data import load_dataset, quantize, read_poisoned
@@ -49,20 +49,7 @@ def test_budget_on_disk_and_same_seed(method, tiny_npz, tmp_path):
 def test_resume_after_crash_is_bit_identical(method, tiny_npz, tmp_path, monkeypatch):
     train = load_dataset(tiny_npz).train
     over = dict(FAST[method], epochs=3)
-    full = get_attack(method)(**over).generate(train, seed=2)
-    real_save, calls = Checkpoint.save, []
-
-    def crashing_save(self, state):
-        real_save(self, state)
-        calls.append(state["epoch"])
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Checkpoint, "save", crashing_save)
-    with pytest.raises(KeyboardInterrupt):
-        get_attack(method)(**over).generate(train, seed=2, workdir=tmp_path)
-    monkeypatch.setattr(Checkpoint, "save", real_save)
-    resumed = get_attack(method)(**over).generate(train, seed=2, workdir=tmp_path, resume=True)
+    full, resumed = crash_then_resume(lambda: get_attack(method)(**over), train, tmp_path, monkeypatch)
     assert resumed.info["resumed_from_epoch"] == 2 and len(resumed.info["history"]) == 3
     assert torch.equal(resumed.delta, full.delta)
     with pytest.raises(UnlearnableError, match="checkpoint was made with other"):
