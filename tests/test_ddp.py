@@ -44,12 +44,21 @@ def test_one_shard_is_the_plain_run():
         get_attack("mi-ue").from_preset("cpu", **MIUE, shards=0)
 
 
-def test_ddp_two_gloo_ranks_equal_one_process_with_two_shards(tmp_path):
+@pytest.fixture
+def one_thread():
+    """The twin must use the ranks' thread count: CPU kernels split sums by thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_ddp_two_gloo_ranks_equal_one_process_with_two_shards(tmp_path, one_thread):
     train, test = _data()
     vcfg = victim_preset("cpu", model="cnn-small", epochs=2, batch_size=32, augment="crop-flip", device="cpu")
     poisons, victim = tmp_path / "delta.pt", tmp_path / "victim.pt"
     D.spawn_local(2, D.run_all, [(D.generate_to_file, ("mi-ue", "cpu", MIUE, train, 0, str(poisons))),
-                                 (D.train_to_file, (train, test, vcfg, 0, str(victim)))])
+                                 (D.train_to_file, (train, test, vcfg, 0, str(victim)))], threads=1)
     # generation: MI-UE min-min, source-model gradients all-reduced, poisons all-gathered
     ddp = torch.load(poisons, weights_only=True)
     one = get_attack("mi-ue").from_preset("cpu", **MIUE, shards=2).generate(train, seed=0).delta

@@ -24,7 +24,9 @@ size) makes *one* process run the same arithmetic sequentially: per shard it com
 the gradient, divides it by W (as DDP does), sums the shards in rank order, and averages
 the BatchNorm buffers each shard produced. With W = 2 this is bit-identical to DDP on 2
 ranks: the per-shard work is the same computation, division by 2 is exact, and a sum of
-two floats does not depend on order (tested with gloo, ``tests/test_ddp.py``). With W > 2
+two floats does not depend on order (tested with gloo, ``tests/test_ddp.py``), provided
+every process uses the same number of intra-op threads (CPU kernels split their sums by
+thread, so 1 and 2 threads give different last bits). With W > 2
 the all-reduce may add the W gradients in another order than rank order, which changes
 the last bit of some sums; sign steps in PGD can then flip for gradients that are
 exactly balanced, so equality is only guaranteed for W = 2.
@@ -298,8 +300,8 @@ def sharding_for(cfg) -> Sharding | None:
 
 
 # -- local process groups (CPU tests, machines without torchrun) ------------------------------
-def _spawn_main(rank, world_size, init, backend, fn, args):
-    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+def _spawn_main(rank, world_size, init, backend, threads, fn, args):
+    torch.set_num_threads(threads)
     os.environ.setdefault("UNLEARNABLE_QUIET", "1")
     dist.init_process_group(backend, init_method=init, rank=rank, world_size=world_size)
     try:
@@ -308,14 +310,20 @@ def _spawn_main(rank, world_size, init, backend, fn, args):
         dist.destroy_process_group()
 
 
-def spawn_local(world_size: int, fn, *args, backend: str = "gloo") -> None:
+def spawn_local(world_size: int, fn, *args, backend: str = "gloo", threads: int | None = None) -> None:
     """Run ``fn(*args)`` in ``world_size`` new local processes that form a process group
-    (gloo on the CPU by default). ``fn`` must be importable (module level)."""
+    (gloo on the CPU by default). ``fn`` must be importable (module level).
+
+    Each process uses ``threads`` intra-op threads (default: ``OMP_NUM_THREADS``, else 1).
+    CPU kernels split their reductions by thread count, so a one-process twin is only
+    bit-identical when it runs with the same number of threads."""
+    if threads is None:
+        threads = max(1, int(os.environ.get("OMP_NUM_THREADS", "1")))
     import tempfile
 
     import torch.multiprocessing as mp
     with tempfile.TemporaryDirectory() as d:
-        mp.spawn(_spawn_main, args=(world_size, f"file://{d}/rendezvous", backend, fn, args), nprocs=world_size,
+        mp.spawn(_spawn_main, args=(world_size, f"file://{d}/rendezvous", backend, threads, fn, args), nprocs=world_size,
                  join=True)
 
 
