@@ -75,7 +75,9 @@ def test_op_removes_classwise_linear_pattern():
     x = np.clip(rng.integers(64, 192, (n, s, s, c)) + pattern[y], 0, 255).astype(np.uint8)
     op = parse_defenses("op")[0]
     out = op.apply(dataset(x, y, k)).images
-    assert out.shape == x.shape and out.dtype == np.uint8 and out.max() == 255 and out.min() == 0
+    assert out.shape == x.shape and out.dtype == np.uint8
+    # centred on the mean image: the brightness range of the untouched test set is kept
+    assert abs(out.mean() - x.mean()) < 2 and op.clipped_fraction < 0.01
     q, _ = torch.linalg.qr(op.weights.T)
     for j in range(1, k):  # the class directions are (nearly) in the removed span
         d = torch.tensor((pattern[j] - pattern[0]).transpose(2, 0, 1).reshape(-1), dtype=torch.float)

@@ -11,10 +11,17 @@ Choices where the paper leaves freedom (documented defaults):
 - the linear model is fitted full-batch by L-BFGS (SciPy's L-BFGS-B, at most ``iters`` =
   100 iterations) on pixels in [0, 1] with an L2 penalty of 1e-4 on ``W`` (it keeps the
   weights finite when the poisons make the data separable; only their directions matter);
-- projected pixels leave [0, 1]; they are brought back by ONE affine map for the whole
-  set (dataset min and max to 0 and 1), not per image, so every image keeps exactly the
-  same constant component along the removed directions (a per-image rescale would let
-  an image-dependent offset leak back into them), then rounded to uint8.
+- the projection is taken about the training set's mean image ``m``:
+  ``x - Q Q^T (x - m)``. Every image then carries the same component along the removed
+  directions (the mean's), so those directions hold no information about the label, as
+  with ``x - Q Q^T x``; but the images stay in the range and brightness of the untouched
+  test set. Projecting about the origin leaves pixels far outside [0, 1] (the class
+  directions include the overall brightness pattern), and bringing them back by a rescale
+  changes contrast and offset against the test set: on Fashion-MNIST clean training then
+  fell from 88% to 47% test accuracy. The reference code sidesteps this by training on
+  the float projection directly; images here are uint8, so the few pixels the centred
+  projection pushes out of [0, 1] are clipped (``clipped_fraction`` records how many),
+  then everything is rounded to uint8.
 Everything runs on ``device`` in chunks of 4096 images (memory O(chunk x D + D x K)).
 Spec ``op``.
 """
@@ -68,21 +75,23 @@ def fit_linear(images: np.ndarray, labels: np.ndarray, num_classes: int, *, devi
     return torch.from_numpy(res.x).float().view(k, d + 1)[:, :d].to(device)
 
 
-def orthogonal_projection(images: np.ndarray, weights: torch.Tensor, *, device="cpu") -> np.ndarray:
-    """Project flattened images off span(weights rows), rescale the set to [0, 1], round to uint8."""
+def orthogonal_projection(images: np.ndarray, weights: torch.Tensor, *, device="cpu") -> tuple[np.ndarray, float]:
+    """Project flattened images off span(weights rows) about the set's mean image, clip to
+    [0, 1] and round to uint8; returns (images, fraction of pixels clipped)."""
     q, _ = torch.linalg.qr(weights.T.to(device))  # (D, K), orthonormal columns
-    lo, hi = torch.tensor(float("inf"), device=device), torch.tensor(float("-inf"), device=device)
-    for _, x in _flat_chunks(images, device):  # pass 1: the range of the projected set
-        p = x - (x @ q) @ q.T
-        lo, hi = torch.minimum(lo, p.min()), torch.maximum(hi, p.max())
-    scale = (hi - lo).clamp_min(1e-12)
     n, h, w, c = images.shape
+    mean = torch.zeros(h * w * c, dtype=torch.float64, device=device)
+    for _, x in _flat_chunks(images, device):  # pass 1: the mean image
+        mean += x.sum(0, dtype=torch.float64)
+    mean = (mean / max(1, n)).float()
     out = np.empty_like(images)
-    for i, x in _flat_chunks(images, device):  # pass 2: project, rescale, quantise
-        p = ((x - (x @ q) @ q.T) - lo) / scale
-        u8 = p.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    clipped = 0
+    for i, x in _flat_chunks(images, device):  # pass 2: project, clip, quantise
+        p = x - ((x - mean) @ q) @ q.T
+        clipped += int(((p < 0) | (p > 1)).sum())
+        u8 = p.clamp_(0, 1).mul_(255.0).round_().to(torch.uint8)
         out[i:i + len(x)] = u8.reshape(len(x), c, h, w).permute(0, 2, 3, 1).cpu().numpy()
-    return out
+    return out, clipped / max(1, images.size)
 
 
 @register_defense
@@ -96,6 +105,6 @@ class OrthogonalProjection(Defense):
         device = device or "cpu"
         w = fit_linear(train.images, train.labels, train.num_classes, device=device, iters=self.iters, l2=self.l2)
         self.weights = w  # kept for inspection (tests, reports)
-        projected = orthogonal_projection(train.images, w, device=device)
+        projected, self.clipped_fraction = orthogonal_projection(train.images, w, device=device)
         return ImageDataset(projected, train.labels, list(train.class_names), source=train.source,
                             indices=train.indices)
