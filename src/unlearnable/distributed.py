@@ -183,27 +183,13 @@ class Sharding:
                     bf16=False, channels_last=False, on_batch=None, max_batches=None) -> tuple[float, float]:
         """:func:`unlearnable.train.loops.train_epoch` with every batch split over the shards:
         the same batches, perturbation and augmentation (drawn for the whole batch)."""
-        from .train.loops import batches
-        model.train()
-        loss_sum = torch.zeros((), device=data.x.device)
-        correct = torch.zeros((), device=data.x.device)
-        seen = 0
-        for b, idx in enumerate(batches(len(data), batch_size, generator, data.x.device)):
-            if max_batches is not None and b >= max_batches:
-                break
-            x, y = data.batch(idx)
-            if delta is not None:
-                x = (x + delta[idx]).clamp_(0, 1)
-            if augment is not None:
-                x = augment(x, generator)
-            ls, c = self.step(model, optimizer, x, y, bf16=bf16, channels_last=channels_last)
-            loss_sum += ls
-            correct += c
-            seen += len(idx)
-            if on_batch is not None:
-                on_batch()
-        n = max(1, seen)
-        return float(loss_sum) / n, float(correct) / n
+        from .train.loops import train_epoch
+
+        def step(model, optimizer, x, target):
+            return self.step(model, optimizer, x, target, bf16=bf16, channels_last=channels_last)
+
+        return train_epoch(model, optimizer, data, batch_size=batch_size, generator=generator, augment=augment,
+                           delta=delta, on_batch=on_batch, max_batches=max_batches, step=step)
 
     @torch.no_grad()
     def evaluate(self, model, data, *, batch_size: int = 256, bf16=False, channels_last=False) -> float:

@@ -57,7 +57,7 @@ def hard_labels(target: torch.Tensor) -> torch.Tensor:
 def train_epoch(model, optimizer, data: TensorData, *, batch_size: int, generator: torch.Generator,
                 augment=None, delta: torch.Tensor | None = None, bf16=False, channels_last=False,
                 on_batch=None, max_batches: int | None = None, perturb=None,
-                batch_defenses=()) -> tuple[float, float]:
+                batch_defenses=(), step=None) -> tuple[float, float]:
     """One pass of cross-entropy SGD; ``delta`` (float NCHW) is added to the images when given.
 
     ``max_batches`` stops the pass early (the first batches of a fresh shuffle: sampling
@@ -66,13 +66,26 @@ def train_epoch(model, optimizer, data: TensorData, *, batch_size: int, generato
     ``(x, target)`` to a new pair, where the target may become a (B, K) soft-label matrix
     (Mixup, CutMix), which the loss accepts as is. ``perturb(model, x, target)``, when
     given, replaces each batch last, just before the step (adversarial training); it must
-    leave the model in train mode. Returns (mean loss, accuracy) over the batches seen,
-    measured on the inputs the model was trained on (against the largest soft label).
+    leave the model in train mode. ``step(model, optimizer, x, target)``, when given,
+    replaces the SGD step and returns (sum of losses, number correct) over the batch
+    (the data-parallel step of :mod:`unlearnable.distributed`). Returns (mean loss,
+    accuracy) over the batches seen, measured on the inputs the model was trained on
+    (against the largest soft label).
     """
+    if step is None:
+        def step(model, optimizer, x, target):
+            with autocast(device, bf16):
+                logits = model(to_model_input(x, channels_last))
+            loss = F.cross_entropy(logits.float(), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            return loss.detach() * len(x), (logits.detach().argmax(1) == hard_labels(target)).sum()
+
     model.train()
     device = data.x.device
     total_loss = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    correct = torch.zeros((), device=device)
     seen = 0
     for b, idx in enumerate(batches(len(data), batch_size, generator, device)):
         if max_batches is not None and b >= max_batches:
@@ -89,14 +102,9 @@ def train_epoch(model, optimizer, data: TensorData, *, batch_size: int, generato
         if perturb is not None:
             x = perturb(model, x, target)
         seen += len(idx)
-        with autocast(device, bf16):
-            logits = model(to_model_input(x, channels_last))
-        loss = F.cross_entropy(logits.float(), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total_loss += loss.detach() * len(idx)
-        correct += (logits.detach().argmax(1) == hard_labels(target)).sum()
+        loss_sum, right = step(model, optimizer, x, target)
+        total_loss += loss_sum
+        correct += right
         if on_batch is not None:
             on_batch()
     n = max(1, seen)
