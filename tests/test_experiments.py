@@ -315,3 +315,15 @@ def test_shipped_specs_parse_and_paper_lite_plans_its_filters():
     from unlearnable.experiments.runner import _victim_config
     assert _victim_config(lite.victims["cnn"], lite.protocols["at-4"])["schedule"] == "step"
     assert _victim_config(lite.victims["cnn"], lite.protocols["st"])["schedule"] == "cosine"
+
+
+def test_undefined_spearman_is_null_not_nan():
+    """A constant column (e.g. 100% linear separability everywhere) has no rank correlation:
+    the summary says so with JSON null and a reason instead of writing NaN (not JSON)."""
+    from unlearnable.experiments.report import _fmt_rho, _spearman
+    const = _spearman([0.1, 0.2, 0.3, 0.4], [1.0, 1.0, 1.0, 1.0])
+    short = _spearman([0.1, float("nan")], [0.3, 0.2])
+    assert const["rho"] is None and const["n"] == 4 and "constant" in _fmt_rho(const)
+    assert short["rho"] is None and short["n"] == 1 and "fewer than 3" in _fmt_rho(short)
+    json.dumps([const, short], allow_nan=False)
+    assert _spearman([0.1, 0.2, 0.3, 0.4], [1.0, 2.0, 3.0, 5.0])["rho"] == pytest.approx(1.0)

@@ -180,19 +180,21 @@ def _depth_sorted(view: RunView, victims) -> list[str]:
 
 
 def _spearman(xs: list, ys: list) -> dict:
+    """Spearman's rho over the pairs without NaN; rho and p are None (JSON null, with the
+    reason) when it is undefined: fewer than 3 pairs, or one side constant."""
     from ..measure import spearman
     pairs = [(x, y) for x, y in zip(xs, ys) if not (math.isnan(x) or math.isnan(y))]
     if len(pairs) < 3:
-        return {"rho": math.nan, "p_value": math.nan, "n": len(pairs)}
+        return {"rho": None, "p_value": None, "n": len(pairs), "undefined": "fewer than 3 results"}
     x, y = zip(*pairs)
     if len(set(x)) < 2 or len(set(y)) < 2:
-        return {"rho": math.nan, "p_value": math.nan, "n": len(pairs)}
+        return {"rho": None, "p_value": None, "n": len(pairs), "undefined": "one side is constant"}
     return spearman(list(x), list(y))
 
 
 def _fmt_rho(r: dict) -> str:
-    if math.isnan(r["rho"]):
-        return f"n/a (n = {r['n']})"
+    if r["rho"] is None:
+        return f"n/a, {r['undefined']} (n = {r['n']})"
     return f"{r['rho']:.4f} (p = {r['p_value']:.3g}, n = {r['n']})"
 
 
