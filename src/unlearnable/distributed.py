@@ -309,8 +309,8 @@ def spawn_local(world_size: int, fn, *args, backend: str = "gloo", threads: int 
 
     import torch.multiprocessing as mp
     with tempfile.TemporaryDirectory() as d:
-        mp.spawn(_spawn_main, args=(world_size, f"file://{d}/rendezvous", backend, threads, fn, args), nprocs=world_size,
-                 join=True)
+        mp.spawn(_spawn_main, args=(world_size, f"file://{d}/rendezvous", backend, threads, fn, args),
+                 nprocs=world_size, join=True)
 
 
 def run_all(calls) -> None:

@@ -72,6 +72,7 @@ def train_epoch(model, optimizer, data: TensorData, *, batch_size: int, generato
     accuracy) over the batches seen, measured on the inputs the model was trained on
     (against the largest soft label).
     """
+    device = data.x.device
     if step is None:
         def step(model, optimizer, x, target):
             with autocast(device, bf16):
@@ -83,7 +84,6 @@ def train_epoch(model, optimizer, data: TensorData, *, batch_size: int, generato
             return loss.detach() * len(x), (logits.detach().argmax(1) == hard_labels(target)).sum()
 
     model.train()
-    device = data.x.device
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
     seen = 0
