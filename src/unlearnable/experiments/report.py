@@ -181,14 +181,12 @@ def _depth_sorted(view: RunView, victims) -> list[str]:
 
 def _spearman(xs: list, ys: list) -> dict:
     """Spearman's rho over the pairs without NaN; rho and p are None (JSON null, with the
-    reason) when it is undefined: fewer than 3 pairs, or one side constant."""
+    reason) when it is undefined: fewer than 3 pairs, or one side constant (measure.spearman)."""
     from ..measure import spearman
     pairs = [(x, y) for x, y in zip(xs, ys) if not (math.isnan(x) or math.isnan(y))]
     if len(pairs) < 3:
         return {"rho": None, "p_value": None, "n": len(pairs), "undefined": "fewer than 3 results"}
     x, y = zip(*pairs)
-    if len(set(x)) < 2 or len(set(y)) < 2:
-        return {"rho": None, "p_value": None, "n": len(pairs), "undefined": "one side is constant"}
     return spearman(list(x), list(y))
 
 

@@ -43,12 +43,16 @@ def mi_gap(reference: SlicedMIResult, result: SlicedMIResult) -> dict:
 
 
 def spearman(xs, ys) -> dict:
-    """Spearman rank correlation (scipy) between two equally long sequences."""
+    """Spearman rank correlation (scipy) between two equally long sequences. When one side
+    is constant the correlation is undefined: rho and p are None (JSON null, not NaN) and
+    ``undefined`` says why."""
     xs, ys = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
     if xs.shape != ys.shape or xs.ndim != 1:
         raise UnlearnableError(f"spearman needs two 1-D sequences of equal length, got {xs.shape} and {ys.shape}")
     if len(xs) < 3:
         raise UnlearnableError(f"spearman needs at least 3 results, got {len(xs)}")
+    if np.ptp(xs) == 0 or np.ptp(ys) == 0:
+        return {"rho": None, "p_value": None, "n": int(len(xs)), "undefined": "one side is constant"}
     r = stats.spearmanr(xs, ys)
     return {"rho": float(r.statistic), "p_value": float(r.pvalue), "n": int(len(xs))}
 

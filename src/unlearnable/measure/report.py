@@ -205,5 +205,7 @@ def format_table(res: dict) -> str:
             lines.append(f"{label}: " + "; ".join(bits))
     for name, rel in (res.get("relations") or {}).items():
         if "spearman" in rel:
-            lines.append(f"spearman(acc gap, MI gap) [{name}]: {rel['spearman']['rho']:.3f}")
+            rho = rel["spearman"]["rho"]
+            shown = f"{rho:.3f}" if rho is not None else f"n/a, {rel['spearman']['undefined']}"
+            lines.append(f"spearman(acc gap, MI gap) [{name}]: {shown}")
     return "\n".join(lines)
