@@ -150,14 +150,25 @@ def test_compare_end_to_end_then_cached(tiny_npz, tmp_path, capsys, monkeypatch)
     for m, row in r["attacks"].items():
         assert 0 <= row["test_acc"] <= 1
         assert row["acc_gap"] == pytest.approx(r["clean"]["test_acc"] - row["test_acc"], abs=1e-5)
-        assert {"clean", "poisoned", "gap", "se"} <= set(row["mi"]) and math.isfinite(row["mi"]["gap"])
+        for est in ("hist", "ksg"):  # the default --estimators
+            assert {"clean", "poisoned", "gap", "se"} <= set(row["mi"][est]) and math.isfinite(row["mi"][est]["gap"])
+        assert row["best_acc"] >= row["test_acc"] and 1 <= row["best_epoch"] <= 2
         assert row["generate_s"] >= 0 and row["victim_s"] > 0
         assert (out / m / "poisoned" / "manifest.json").is_file() and (out / m / "metrics.json").is_file()
     assert r["attacks"]["ops"]["norm"] == "l0" and r["attacks"]["random"]["linf_255"] <= 8
+    assert r["mi_model"] == "victim" and r["estimators"] == ["hist", "ksg"]
     table = (out / "table.md").read_text()
-    header = "| attack | test acc | gap vs clean | MI (hist) | MI gap | generation s | victim s |"
+    header = ("| attack | test acc (final) | best epoch | gap vs clean | MI hist (gap +- SE) | MI ksg (gap +- SE) "
+              "| generation s | victim s |")
     assert header.replace(" ", "") in table.replace(" ", "") and table.strip() in printed
-    assert "ops (L0 1 px)" in table and "| clean" in table
+    assert "ops (L0 1 px)" in table and "| clean" in table and "(reference)" in table
+    assert "g: the victim trained on each set; clean reference from the clean victim" in table
+    for est in ("hist", "ksg"):  # one Spearman line per estimator, with n and p (or why it is undefined)
+        sp = r["spearman"][est]
+        assert sp["n"] == 3
+        line = next(x for x in table.splitlines() if x.startswith(f"Spearman (acc gap vs MI gap, {est}): "))
+        assert line.endswith(", n 3") and (("rho " in line and ", p " in line) if sp["rho"] is not None
+                                           else "n/a (one side is constant)" in line)
 
     # A rerun trains and poisons nothing (every row is cached) and reports the same numbers.
     def refuse(*a, **k):
@@ -179,5 +190,79 @@ def test_compare_end_to_end_then_cached(tiny_npz, tmp_path, capsys, monkeypatch)
     capsys.readouterr()
     assert _compare_cli(tiny_npz, out, "--seed", "1") == 2
     assert "other settings (seed" in capsys.readouterr().err
+    # rows measured with one g are not mixed with rows of another
+    assert _compare_cli(tiny_npz, out, "--mi-model", "clean") == 2
+    assert "other settings (mi_model)" in capsys.readouterr().err
+    assert _compare_cli(tiny_npz, out, "--estimators", "ksg") == 2
+    assert "other settings (estimators)" in capsys.readouterr().err
     with pytest.raises(UnlearnableError, match="unknown method"):
         compare.parse_methods("random,nope")
+
+
+@pytest.mark.parametrize("mi_model", ["victim", "clean"])
+def test_compare_g_is_the_attacks_own_victim_unless_clean(tiny_npz, tmp_path, monkeypatch, mi_model):
+    """By default each row's g is the victim trained on that attack's data; --mi-model clean
+    switches to the clean victim. The reference always comes from the clean victim."""
+    from unlearnable.measure.gaps import MIGapMeter
+    trained, measured, references = {}, [], []
+    real_train, real_measure, real_for_model = compare.train_victim, MIGapMeter.measure, MIGapMeter.for_model.__func__
+
+    def train_spy(*a, **k):
+        res = real_train(*a, **k)
+        trained[k["desc"]] = res.model
+        return res
+
+    def measure_spy(self, model, poisoned):
+        measured.append(model)
+        return real_measure(self, model, poisoned)
+
+    def for_model_spy(cls, model, clean, **k):
+        references.append(model)
+        return real_for_model(cls, model, clean, **k)
+
+    monkeypatch.setattr(compare, "train_victim", train_spy)
+    monkeypatch.setattr(MIGapMeter, "measure", measure_spy)
+    monkeypatch.setattr(MIGapMeter, "for_model", classmethod(for_model_spy))
+    r = compare.run_compare(tmp_path / "cmp", data=str(tiny_npz), methods=["random"], victim_epochs=1,
+                            mi_slices=8, estimators=["ksg"], mi_model=mi_model)
+    own = trained["victim (random)"] if mi_model == "victim" else trained["victim (clean)"]
+    assert len(measured) == 1 and measured[0] is own
+    assert references == [trained["victim (clean)"]]
+    assert r["mi_model"] == mi_model and list(r["attacks"]["random"]["mi"]) == ["ksg"]
+    table = compare.format_table(r)
+    assert ("g: the victim trained on each set" if mi_model == "victim"
+            else "g: the clean victim for every set (not the paper's definition)") in table
+    # one attack row: Spearman is undefined and says so
+    assert r["spearman"]["ksg"] == {"rho": None, "p_value": None, "n": 1, "undefined": "n < 3"}
+    assert "Spearman (acc gap vs MI gap, ksg): n/a (n < 3), n 1" in table
+    settings = json.loads((tmp_path / "cmp" / "settings.json").read_text())
+    assert settings["mi_model"] == mi_model and settings["estimators"] == ["ksg"]
+
+
+def test_compare_refuses_bad_estimators_and_mi_model(tiny_npz, tmp_path):
+    with pytest.raises(UnlearnableError, match="unknown estimator"):
+        compare.run_compare(tmp_path / "a", data=str(tiny_npz), methods=["random"], estimators=["nope"])
+    with pytest.raises(UnlearnableError, match="unknown mi_model"):
+        compare.run_compare(tmp_path / "b", data=str(tiny_npz), methods=["random"], mi_model="poisoned")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_compare_table_prints_spearman_with_n_and_p():
+    """format_table from a results dict: rho, p and n per estimator below the table; a
+    failed row is skipped by the correlation."""
+    hist = [{"epoch": 1, "test_acc": 0.5}, {"epoch": 2, "test_acc": 0.4}]
+    rows = {m: {"method": m, "test_acc": 0.9 - g, "acc_gap": g, "history": hist, "generate_s": 1, "victim_s": 1,
+                "eps_255": 8, "linf_255": 8, "mi": {e: {"clean": 0.2, "poisoned": 0.2 - s * g, "gap": s * g,
+                                                       "se": 0.001} for e, s in (("hist", 1.0), ("ksg", -1.0))}}
+            for m, g in (("a", 0.1), ("b", 0.2), ("c", 0.4))}
+    r = {"data": "d", "subset": 10, "preset": "cpu", "victim": "cnn", "victim_epochs": 2, "test_size": 5,
+         "methods": ["a", "b", "c", "d"], "failed": {"d": "boom"}, "attacks": rows, "estimators": ["hist", "ksg"],
+         "mi_model": "clean", "mi_g": "the clean victim for every set (not the paper's definition)", "mi_slices": 8,
+         "clean": {"test_acc": 0.9, "victim_s": 1, "history": hist}}
+    r["spearman"] = compare.spearman_by_estimator(rows, r["estimators"])
+    table = compare.format_table(r)
+    import re
+    assert re.search(r"^Spearman \(acc gap vs MI gap, hist\): rho 1\.00, p \S+, n 3$", table, re.M)
+    assert re.search(r"^Spearman \(acc gap vs MI gap, ksg\): rho -1\.00, p \S+, n 3$", table, re.M)
+    assert "50.00% (ep 1)" in table and "d failed: boom" in table
+    assert "g: the clean victim for every set (not the paper's definition)" in table

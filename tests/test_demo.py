@@ -1,6 +1,11 @@
 import json
 
+import pytest
+
 from unlearnable.cli import main
+from unlearnable.errors import UnlearnableError
+from unlearnable.experiments import demo
+from unlearnable.measure.gaps import MIGapMeter
 
 
 def test_demo_writes_results_contract(tiny_npz, tmp_path, capsys):
@@ -16,3 +21,50 @@ def test_demo_writes_results_contract(tiny_npz, tmp_path, capsys):
     assert set(r["mi"]) == {"hist", "ksg"} and r["mi"]["ksg"]["n_per_class"] == 30
     assert "clean" in out and "mi-ue" in out and "sliced MI" in out
     assert (tmp_path / "d" / "poisoned" / "manifest.json").is_file()
+    # the paper's g by default, named on every MI line; the best epoch beside the final one
+    assert r["mi_model"] == "victim"
+    mi_lines = [x for x in out.splitlines() if x.startswith("sliced MI")]
+    assert len(mi_lines) == 2 and all("g = victim trained on each set: clean ref" in x for x in mi_lines)
+    for side in ("clean", "poisoned"):
+        assert r[f"{side}_best_epoch"] == 1 and r[f"{side}_best_acc"] == r[f"{side}_acc"]  # one epoch
+    assert "test acc (final)" in out and "best epoch" in out and "(ep 1)" in out
+
+
+@pytest.mark.parametrize("mi_model", ["victim", "clean"])
+def test_demo_g_is_the_protected_victim_unless_clean(tiny_npz, tmp_path, monkeypatch, mi_model):
+    trained, measured, references = {}, [], []
+    real_train, real_measure, real_for_model = demo.train_victim, MIGapMeter.measure, MIGapMeter.for_model.__func__
+
+    def train_spy(*a, **k):
+        res = real_train(*a, **k)
+        trained[k["desc"]] = res.model
+        return res
+
+    def measure_spy(self, model, poisoned):
+        measured.append(model)
+        return real_measure(self, model, poisoned)
+
+    def for_model_spy(cls, model, clean, **k):
+        references.append(model)
+        return real_for_model(cls, model, clean, **k)
+
+    monkeypatch.setattr(demo, "train_victim", train_spy)
+    monkeypatch.setattr(MIGapMeter, "measure", measure_spy)
+    monkeypatch.setattr(MIGapMeter, "for_model", classmethod(for_model_spy))
+    r = demo.run_demo(tmp_path / "d", data=str(tiny_npz), subset=120, method="random", victim_epochs=1,
+                      mi_model=mi_model)
+    g = trained["victim (protected)"] if mi_model == "victim" else trained["victim (clean)"]
+    assert len(measured) == 1 and measured[0] is g
+    assert references == [trained["victim (clean)"]]  # the reference always comes from the clean victim
+    assert json.loads((tmp_path / "d" / "results.json").read_text())["mi_model"] == mi_model
+    named = "g = victim trained on each set" if mi_model == "victim" else "g = the clean victim (not the paper's g)"
+    assert named in demo.format_table(r)
+
+
+def test_demo_refuses_unknown_mi_model(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["-q", "demo", "--mi-model", "poisoned", "--out", str(tmp_path / "d")])
+    assert e.value.code == 2 and "--mi-model" in capsys.readouterr().err
+    with pytest.raises(UnlearnableError, match="unknown mi_model"):
+        demo.run_demo(tmp_path / "d", mi_model="poisoned")
+    assert not (tmp_path / "d").exists()

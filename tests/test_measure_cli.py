@@ -46,7 +46,9 @@ def test_measure_cli_writes_json_and_table(tiny, capsys):
     text = capsys.readouterr().out
     assert rc == 0
     assert "30 per class" in text and "ksg" in text and "MI gap" in text and "m" in text
+    assert "g: one checkpoint for every set" in text
     res = json.loads(out.read_text())
+    assert res["g"] == "checkpoint" and res["results"][0]["model"] == res["model"]
     assert res["features"]["n_per_class"] == {"0": 30, "1": 30, "2": 30}
     ref = res["reference"]["ksg"]
     assert ref["m"] == 40 and ref["conditional"] and ref["params"]["k"] == 3 and ref["se"] > 0
@@ -71,14 +73,41 @@ def test_measure_cli_with_clean_spec_trained_model_and_mine(tiny, capsys):
     assert rc == 0 and "pooled" in text and "mine" in text
     res = json.loads(out.read_text())
     assert res["model"]["trained_here"] and res["reference"]["mine"]["m"] == 4
+    # a registry name means the paper's g: one victim on the clean images (the reference)
+    # and one on the poisoned folder, trained once although the folder is given twice
+    assert res["g"] == "victim" and "g: the victim trained on each set" in text
+    assert res["model"]["trained_on"] == "the clean images"
+    assert [r["model"]["trained_on"] for r in res["results"]] == [str(tiny / "pois")] * 2
     vf = res["results"][1]["mi_gap"]["ksg"]["vs_first"]
     assert vf["diff"] == 0 and vf["se_paired"] == 0
+
+
+def test_measure_mi_model_clean_keeps_one_clean_g(tiny, capsys):
+    """--mi-model clean measures every set with the clean-trained g: same reference as the
+    default (same clean victim), different per-set MI (another network)."""
+    def measure(*extra):
+        out = tiny / f"res-{len(extra)}.json"
+        rc = main(["-q", "measure", "--poisoned", str(tiny / "pois"), "--model", "cnn", "--train-epochs", "1",
+                   "--estimators", "ksg", "--slices", "8", "--no-separability", "--device", "cpu",
+                   "--out", str(out), *extra])
+        assert rc == 0
+        return json.loads(out.read_text()), capsys.readouterr().out
+    victim, victim_text = measure()
+    clean, clean_text = measure("--mi-model", "clean")
+    assert clean["g"] == "clean" and clean["results"][0]["model"] == clean["model"]
+    assert "g: the clean victim for every set (not the paper's definition)" in clean_text
+    assert "own victim (g) test acc" in victim_text and "own victim" not in clean_text
+    assert victim["reference"]["ksg"]["mean"] == clean["reference"]["ksg"]["mean"]
+    assert victim["results"][0]["mi"]["ksg"]["mean"] != clean["results"][0]["mi"]["ksg"]["mean"]
+    assert victim["results"][0]["covariance"] != clean["results"][0]["covariance"]  # under the set's own g
 
 
 @pytest.mark.parametrize("argv, needle", [
     (["--estimators", "hist,bogus"], "bogus"),
     (["--model", "no-such-model-or-folder"], "no-such-model"),
     (["--slices", "0"], "positive"),
+    (["--mi-model", "clean"], "--mi-model applies to --model NAME"),  # a checkpoint is one g
+    (["--mi-model", "other"], "invalid choice"),
 ])
 def test_measure_cli_bad_input_is_one_line_exit_2(tiny, capsys, argv, needle):
     rc = None

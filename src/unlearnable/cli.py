@@ -62,6 +62,13 @@ def _add_attack_flags(p):
     p.add_argument("--channels-last", action="store_true", default=None, help="channels_last memory format")
 
 
+def _add_mi_model_flag(p, default="victim", extra=""):
+    p.add_argument("--mi-model", choices=("victim", "clean"), default=default,
+                   help="network g for the MI gap: victim = the victim trained on each set, the paper's g "
+                        "(default; clean reference from the clean victim); clean = the clean victim for every set "
+                        "(not the paper's definition)" + extra)
+
+
 def _attack_overrides(args) -> dict:
     keys = ("eps", "epochs", "pgd_steps", "step_size", "batch_size", "lr", "model", "device", "bf16", "channels_last")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
@@ -81,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--method", default="mi-ue", help=f"attack: {', '.join(attack_names())}")
     d.add_argument("--victim-epochs", type=_positive_int, help="victim epochs (default 15)")
+    _add_mi_model_flag(d)
     d.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     _add_attack_flags(d)
 
@@ -104,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--clean", metavar="DATA", help="clean data spec to check against (default: the clean images "
                     "recovered from the folder, poisoned - perturbation)")
     ms.add_argument("--model", default="cnn", help="checkpoint folder (model.json + model.safetensors, e.g. from "
-                    "'train --out'), or a registry name to train now on the clean images (default cnn)")
+                    "'train --out'; one g for every set), or a registry name to train now on each poisoned set and "
+                    "on the clean images (default cnn)")
+    _add_mi_model_flag(ms, default=None, extra="; only with --model NAME")
     ms.add_argument("--estimators", default="hist,hist-mm,kde,ksg", help="comma list of hist, hist-mm, kde, ksg, mine")
     ms.add_argument("--slices", type=_positive_int, help="random direction pairs m (default 2000; mine 100)")
     ms.add_argument("--seed", type=int, default=0)
@@ -129,7 +139,7 @@ def cmd_demo(args):
     overrides = _attack_overrides(args)
     r = run_demo(args.out, data=args.data, subset=args.subset, seed=args.seed, method=args.method,
                  preset=args.preset, victim_epochs=args.victim_epochs, attack_overrides=overrides,
-                 overwrite=args.overwrite)
+                 mi_model=args.mi_model, overwrite=args.overwrite)
     print(format_table(r))
     print(f"results: {Path(args.out) / 'results.json'}")
 
@@ -153,8 +163,9 @@ def cmd_measure(args):
     from .fsutil import write_json
     from .measure.report import format_table, parse_estimators, run_measure
     names = parse_estimators(args.estimators)
-    res = run_measure(args.poisoned, clean=args.clean, model=args.model, estimators=names, slices=args.slices,
-                      seed=args.seed, conditional=not args.pooled, max_per_class=args.max_per_class,
+    res = run_measure(args.poisoned, clean=args.clean, model=args.model, mi_model=args.mi_model,
+                      estimators=names, slices=args.slices, seed=args.seed, conditional=not args.pooled,
+                      max_per_class=args.max_per_class,
                       covariance=not args.no_covariance, separability=not args.no_separability, device=args.device,
                       train_epochs=args.train_epochs, accs=args.acc, clean_acc=args.clean_acc)
     print(format_table(res))
@@ -174,7 +185,7 @@ EXTENSIONS = ("unlearnable.train_cli", "unlearnable.protect.cli", "unlearnable.e
 
 def _common():
     return {"eps": _eps, "positive_int": _positive_int, "add_attack_flags": _add_attack_flags,
-            "attack_overrides": _attack_overrides}
+            "attack_overrides": _attack_overrides, "add_mi_model_flag": _add_mi_model_flag}
 
 
 def main(argv=None) -> int:

@@ -6,7 +6,8 @@ written atomically before the record exists, so a record always implies its arte
 Which model g measures MI (``mi.model``): ``victim`` (default) uses the victim trained
 in the cell itself, i.e. on the (defended) protected data, as the paper's Tables 1, 12
 and 13 do (one clean reference per victim, protocol and defense); ``clean`` uses the
-victim trained on clean data with the same settings, as ``unlearnable measure`` does.
+victim trained on clean data with the same settings (``--mi-model clean`` of ``demo``,
+``compare`` and ``measure``, whose default is the same as here).
 X are the clean training images and X' the protected ones as released (before any
 defense); for the clean cell X' = X, so its value is the paper's "Clean" reference
 SMI(g(X); g(X)).

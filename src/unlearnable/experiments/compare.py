@@ -2,16 +2,21 @@
 
 Data flow as in the demo, once per attack: clean data -> attack (its preset, ``cpu`` by
 default) -> protected dataset on disk -> a victim trained from scratch on what was written
--> clean test accuracy; plus one victim on the clean data, whose features give each
-attack's sliced MI between clean and protected images and the MI gap (the clean
-reference SMI(g(X); g(X)) minus SMI(g(X); g(X')), same directions; docs/measuring-mi.md).
+-> clean test accuracy (final epoch; the best epoch is reported beside it); plus one
+victim on the clean data. Each attack's MI gap is the clean reference
+SMI(g_clean(X); g_clean(X)) of the clean victim minus SMI(g(X); g(X')), where g is, by
+default, the attack's own victim (the paper's g, measured right after it is trained) or,
+with ``mi_model="clean"``, the clean victim; same directions on both sides, one column
+per estimator (:mod:`unlearnable.measure.gaps`, docs/measuring-mi.md). Below the table,
+the Spearman correlation between accuracy gaps and MI gaps over the attacks, per estimator.
 
 Resumable: the output folder keeps one cell per row (``clean/`` with the clean victim's
 weights, ``<method>/poisoned/`` with the protected dataset, ``<method>/metrics.json``). A
 rerun with the same settings skips every row whose ``metrics.json`` exists, reuses a
 finished protected dataset, and resumes an interrupted attack from its checkpoint. The
-settings that make rows comparable (data, subset, seed, presets, victim, MI slices) are
-in ``settings.json``; a rerun with other settings is refused rather than mixing rows.
+settings that make rows comparable (data, subset, seed, presets, victim, MI slices,
+estimators and g) are in ``settings.json``; a rerun with other settings is refused rather
+than mixing rows.
 """
 
 from __future__ import annotations
@@ -22,16 +27,20 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from ..attacks import attack_names, get_attack
 from ..data import load_dataset, read_poisoned
 from ..data.dataset import DataSplits
 from ..errors import UnlearnableError
 from ..fsutil import atomic_path, is_empty_dir, write_json
+from ..measure import spearman
+from ..measure.gaps import G_DESCRIPTIONS, MIGapMeter, check_mi_model
+from ..measure.report import parse_estimators
 from ..models.checkpoint import load_model, save_model
 from ..poison import poison_dataset
 from ..progress import log
-from ..train import train_victim, victim_preset
-from .demo import measure_mi_gap
+from ..train import best_epoch, train_victim, victim_preset
 
 # The paper's column order (Table 1), then the APBench extras and anything registered later.
 PAPER_ORDER = ["random", "em", "em-class", "ap", "ap-untargeted", "ntga", "ar", "lsp", "ops", "rem", "sem", "entf",
@@ -85,17 +94,21 @@ def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:
 def run_compare(out: str | Path, *, data: str = "fashion-mnist", methods: list[str] | None = None,
                 subset: int | None = 5000, seed: int = 0, preset: str = "cpu", victim: str = "cpu",
                 victim_epochs: int | None = None, victim_overrides: dict | None = None, mi_slices: int = 500,
+                estimators: list[str] | tuple[str, ...] = ("hist", "ksg"), mi_model: str = "victim",
                 overwrite: bool = False) -> dict:
     """Run ``methods`` (default: every registered attack) and return the results dict, also
     written to ``out/results.json`` with the table in ``out/table.md``.
 
     ``victim_overrides`` are :class:`~unlearnable.train.VictimConfig` fields on top of the
-    ``victim`` preset (tests use a tiny model). An attack that fails with an
-    :class:`UnlearnableError` is recorded under ``failed`` (and retried by the next run);
-    the others still run.
+    ``victim`` preset (tests use a tiny model). ``estimators``: the sliced-MI estimators
+    of every row; ``mi_model``: g, ``victim`` (each attack's own victim, the default) or
+    ``clean`` (the clean victim). An attack that fails with an :class:`UnlearnableError`
+    is recorded under ``failed`` (and retried by the next run); the others still run.
     """
     t0 = time.time()
     out = Path(out)
+    check_mi_model(mi_model)
+    estimators = parse_estimators(",".join(estimators))
     methods = parse_methods(",".join(methods)) if methods else default_methods()
     vcfg = victim_preset(victim, epochs=victim_epochs, **(victim_overrides or {}))
     for m in methods:
@@ -105,27 +118,55 @@ def run_compare(out: str | Path, *, data: str = "fashion-mnist", methods: list[s
     if splits.test is None:
         raise UnlearnableError(f"{splits.name}: no test split to measure victims on")
     settings = {"data": str(data), "subset": len(train), "seed": seed, "preset": preset,
-                "victim": asdict(vcfg), "mi_slices": mi_slices}
+                "victim": asdict(vcfg), "mi_slices": mi_slices, "estimators": estimators, "mi_model": mi_model}
     _check_settings(out, settings, overwrite)
     run_splits = DataSplits(train, splits.test, splits.name)
 
-    clean, model = _clean_cell(out / "clean", run_splits, vcfg, seed)
+    clean, clean_model = _clean_cell(out / "clean", run_splits, vcfg, seed)
+    meter = None  # the clean reference, computed once, and only when a row needs measuring
+
+    def measure_mi(g, protected) -> dict:
+        nonlocal meter
+        if meter is None:
+            meter = MIGapMeter.for_model(clean_model, train, estimators=estimators, slices=mi_slices, seed=seed)
+        return meter.measure(clean_model if mi_model == "clean" else g, protected.poisoned)
+
     rows, failed = {}, {}
     for i, method in enumerate(methods):
         log(f"[{i + 1}/{len(methods)}] {method}")
         try:
-            rows[method] = _attack_cell(out / method, method, run_splits, vcfg, model, clean, seed=seed,
-                                        preset=preset, mi_slices=mi_slices)
+            rows[method] = _attack_cell(out / method, method, run_splits, vcfg, clean, measure_mi, seed=seed,
+                                        preset=preset)
         except UnlearnableError as e:
             log(f"{method} failed: {e}")
             failed[method] = str(e)
     results = {"data": splits.name, "subset": len(train), "test_size": len(splits.test), "seed": seed,
                "preset": preset, "victim": vcfg.model, "victim_epochs": vcfg.epochs, "methods": methods,
-               "clean": clean, "attacks": rows, "failed": failed, "seconds": round(time.time() - t0, 2)}
+               "mi_model": mi_model, "mi_g": G_DESCRIPTIONS[mi_model], "estimators": estimators,
+               "mi_slices": mi_slices, "clean": clean, "attacks": rows, "failed": failed,
+               "spearman": spearman_by_estimator(rows, estimators), "seconds": round(time.time() - t0, 2)}
     write_json(out / "results.json", results)
     with atomic_path(out / "table.md") as tmp:
         tmp.write_text(format_table(results) + "\n")
     return results
+
+
+def spearman_by_estimator(rows: dict, estimators: list[str]) -> dict:
+    """Per estimator, Spearman's rho (acc gap vs MI gap) over the attack rows that ran,
+    with n and p; rho and p are None with the reason when undefined (n < 3, a constant side)."""
+    out = {}
+    for est in estimators:
+        pairs = [(row["acc_gap"], row["mi"][est]["gap"]) for row in rows.values() if est in row.get("mi", {})]
+        if len(pairs) < 3:
+            out[est] = {"rho": None, "p_value": None, "n": len(pairs), "undefined": "n < 3"}
+        else:
+            out[est] = spearman(*zip(*pairs))
+    return out
+
+
+def _with_best_epoch(row: dict) -> dict:
+    acc, ep = best_epoch(row["history"])
+    return {**row, "best_acc": acc, "best_epoch": ep}
 
 
 def _clean_cell(cell: Path, splits: DataSplits, vcfg, seed: int):
@@ -139,14 +180,16 @@ def _clean_cell(cell: Path, splits: DataSplits, vcfg, seed: int):
     tr = splits.train
     save_model(res.model, cell / "model", name=vcfg.model, in_channels=tr.channels, num_classes=tr.num_classes,
                image_size=tr.image_size[0])
-    row = {"test_acc": res.test_acc, "train_acc": res.train_acc, "victim_s": round(res.seconds, 2),
-           "history": res.history}
+    row = _with_best_epoch({"test_acc": res.test_acc, "train_acc": res.train_acc, "victim_s": round(res.seconds, 2),
+                            "history": res.history})
     write_json(metrics, row)
     return row, res.model
 
 
-def _attack_cell(cell: Path, method: str, splits: DataSplits, vcfg, model, clean: dict, *, seed: int,
-                 preset: str, mi_slices: int) -> dict:
+def _attack_cell(cell: Path, method: str, splits: DataSplits, vcfg, clean: dict, measure_mi, *, seed: int,
+                 preset: str) -> dict:
+    """One attack's row; ``measure_mi(victim_model, protected)`` gives its MI per estimator.
+    A cached row keeps the MI measured when it ran (settings.json pins estimators and g)."""
     metrics = cell / "metrics.json"
     if metrics.is_file():
         log(f"{method}: cached in {cell}")
@@ -156,38 +199,59 @@ def _attack_cell(cell: Path, method: str, splits: DataSplits, vcfg, model, clean
         # resume=True continues a checkpoint left by an interrupted run (or starts afresh).
         poison_dataset(method, splits, pdir, seed=seed, preset=preset, resume=True, overwrite=True)
     protected = read_poisoned(pdir)  # what a data user would scrape: the files on disk
+    if not np.array_equal(protected.clean.images, splits.train.images):
+        # the clean reference is measured on the subset in memory; X must be the same images
+        raise UnlearnableError(f"{pdir} does not hold this comparison's training images in order; "
+                               f"remove it (or pass --overwrite)")
     manifest = protected.manifest
     res = train_victim(protected.poisoned, splits.test, vcfg, seed=seed, desc=f"victim ({method})")
-    mi = measure_mi_gap(model, protected, seed=seed, estimators=("hist",), slices=mi_slices)["hist"]
-    row = {"method": method, "test_acc": res.test_acc, "acc_gap": round(clean["test_acc"] - res.test_acc, 5),
-           "train_acc": res.train_acc, "mi": mi, "generate_s": manifest["timings"]["generate_s"],
-           "victim_s": round(res.seconds, 2), "eps_255": manifest["eps_255"], "linf_255": manifest["linf_255"],
-           "norm": manifest.get("norm", "linf"), "l0_pixels": manifest.get("l0_pixels"), "history": res.history}
+    mi = measure_mi(res.model, protected)
+    row = _with_best_epoch({
+        "method": method, "test_acc": res.test_acc, "acc_gap": round(clean["test_acc"] - res.test_acc, 5),
+        "train_acc": res.train_acc, "mi": mi, "generate_s": manifest["timings"]["generate_s"],
+        "victim_s": round(res.seconds, 2), "eps_255": manifest["eps_255"], "linf_255": manifest["linf_255"],
+        "norm": manifest.get("norm", "linf"), "l0_pixels": manifest.get("l0_pixels"), "history": res.history})
     write_json(metrics, row)
     return row
 
 
+def _pct_best(row: dict) -> str:
+    acc, ep = (row["best_acc"], row["best_epoch"]) if "best_acc" in row else best_epoch(row["history"])
+    return f"{100 * acc:.2f}% (ep {ep})"
+
+
 def format_table(r: dict) -> str:
-    """Markdown: attack | test acc | gap vs clean | MI (hist) | MI gap | generation s | victim s."""
-    head = ("attack", "test acc", "gap vs clean", "MI (hist)", "MI gap", "generation s", "victim s")
+    """Markdown: attack | test acc (final) | best epoch | gap vs clean | one MI column per
+    estimator (SMI, and the gap +- its SE) | generation s | victim s; then the failures and
+    one Spearman line per estimator."""
+    ests = r.get("estimators", ["hist"])
+    head = ("attack", "test acc (final)", "best epoch", "gap vs clean", *[f"MI {e} (gap +- SE)" for e in ests],
+            "generation s", "victim s")
     c = r["clean"]
-    ref = next((row["mi"]["clean"] for row in r["attacks"].values()), None)
-    rows = [("clean", f"{100 * c['test_acc']:.2f}%", "-", "-" if ref is None else f"{ref:.4f}", "-", "-",
-             f"{c['victim_s']:.0f}")]
+    ref = {e: next((row["mi"][e]["clean"] for row in r["attacks"].values() if e in row["mi"]), None) for e in ests}
+    rows = [("clean", f"{100 * c['test_acc']:.2f}%", _pct_best(c), "-",
+             *["-" if ref[e] is None else f"{ref[e]:.4f} (reference)" for e in ests], "-", f"{c['victim_s']:.0f}")]
     for m in r["methods"]:
         if m in r["failed"]:
-            rows.append((m, "failed", "-", "-", "-", "-", "-"))
+            rows.append((m, "failed", *["-"] * (len(head) - 2)))
             continue
         a = r["attacks"][m]
         name = m + (f" (L0 {a['l0_pixels']} px)" if a.get("norm") == "l0" else "")
-        rows.append((name, f"{100 * a['test_acc']:.2f}%", f"{100 * a['acc_gap']:.2f} pts",
-                     f"{a['mi']['poisoned']:.4f}", f"{a['mi']['gap']:.4f} +- {a['mi']['se']:.4f}",
+        mi = [f"{a['mi'][e]['poisoned']:.4f} ({a['mi'][e]['gap']:.4f} +- {a['mi'][e]['se']:.4f})" for e in ests]
+        rows.append((name, f"{100 * a['test_acc']:.2f}%", _pct_best(a), f"{100 * a['acc_gap']:.2f} pts", *mi,
                      f"{a['generate_s']:.0f}", f"{a['victim_s']:.0f}"))
     w = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
     line = lambda row: "| " + " | ".join(x.ljust(w[i]) for i, x in enumerate(row)) + " |"  # noqa: E731
+    g = r.get("mi_g", G_DESCRIPTIONS["clean"])  # results written before mi_model existed used the clean victim
     title = (f"{r['data']}: {r['subset']} training images, preset {r['preset']}, victim {r['victim']} "
-             f"({r['victim_epochs']} epochs), accuracy on the {r['test_size']}-image clean test set; sliced MI "
-             f"(hist) of the clean victim's features, clean vs protected")
+             f"({r['victim_epochs']} epochs), accuracy on the {r['test_size']}-image clean test set (final epoch; "
+             f"best epoch beside it); class-conditional sliced MI of g(X) vs g(X') in nats "
+             f"(m={r.get('mi_slices', '?')}), g: {g}")
     lines = [title, "", line(head), "|" + "|".join("-" * (x + 2) for x in w) + "|", *map(line, rows)]
     lines += [f"{m} failed: {msg}" for m, msg in r["failed"].items()]
+    for e, s in (r.get("spearman") or {}).items():
+        if s["rho"] is None:
+            lines.append(f"Spearman (acc gap vs MI gap, {e}): n/a ({s['undefined']}), n {s['n']}")
+        else:
+            lines.append(f"Spearman (acc gap vs MI gap, {e}): rho {s['rho']:.2f}, p {s['p_value']:.2g}, n {s['n']}")
     return "\n".join(lines)

@@ -17,6 +17,10 @@ def register(sub, common) -> None:
     p.add_argument("--victim-epochs", type=common["positive_int"], help="victim epochs (default: the cpu preset's 15)")
     p.add_argument("--mi-slices", type=common["positive_int"], default=500,
                    help="random direction pairs for the sliced MI (default 500)")
+    p.add_argument("--estimators", default="hist,ksg",
+                   help="comma list of MI estimators, one MI column each: hist, hist-mm, kde, ksg, mine "
+                        "(default hist,ksg)")
+    common["add_mi_model_flag"](p)
     p.add_argument("--out", default="runs/compare", help="output folder; a rerun skips the rows already in it")
     p.add_argument("--overwrite", action="store_true", help="discard the output folder and start again")
     p.set_defaults(func=run)
@@ -24,10 +28,12 @@ def register(sub, common) -> None:
 
 def run(args) -> None:
     from ..errors import UnlearnableError
+    from ..measure.report import parse_estimators
     from .compare import format_table, parse_methods, run_compare
     r = run_compare(args.out, data=args.data, methods=parse_methods(args.methods), subset=args.subset,
                     seed=args.seed, preset=args.preset, victim_epochs=args.victim_epochs,
-                    mi_slices=args.mi_slices, overwrite=args.overwrite)
+                    mi_slices=args.mi_slices, estimators=parse_estimators(args.estimators),
+                    mi_model=args.mi_model, overwrite=args.overwrite)
     print(format_table(r))
     print(f"total wall time {r['seconds']:.0f} s; results: {Path(args.out) / 'results.json'}")
     if r["failed"]:

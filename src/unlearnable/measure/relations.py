@@ -27,7 +27,13 @@ def mi_gap(reference: SlicedMIResult, result: SlicedMIResult) -> dict:
     ``se`` treats the two estimates as independent, sqrt(se_ref^2 + se^2). When both used
     the same directions, estimator and classes (same m, seed and sample counts), the gap
     is also computed slice by slice and ``se_paired`` is the standard error of those m
-    differences, which removes the slice-to-slice variation common to both.
+    differences, which removes the slice-to-slice variation common to both. The pairing is
+    by slice index, so it holds for two different networks too (the paper's gap: clean
+    victim on the reference side, the set's own victim on the other), as long as both
+    feature spaces have the same dimension: slice j is then the same (theta_j, phi_j) on
+    both sides, the m differences are still i.i.d. over directions, and ``se_paired`` is
+    the Monte Carlo error of the gap; it only cancels less shared variation than with
+    one network (see :meth:`unlearnable.measure.gaps.MIGapMeter.summary`).
     """
     if reference.estimator != result.estimator or reference.params != result.params:
         raise UnlearnableError(f"MI gap needs the same estimator on both sides, got {reference.estimator} "

@@ -1,9 +1,22 @@
 """``unlearnable measure``: features of a model on clean and poisoned images, then sliced
 MI (clean reference and clean vs poisoned), MI gaps, covariance and linear separability.
 
-The reference for the MI gap is the clean features against themselves, SMI(g(X); g(X))
-with independent directions, as the paper's "Clean" column; each poisoned set gives
-SMI(g(X); g(X')) on the same samples with the same directions.
+Which network g (:mod:`.gaps`):
+
+* ``--model NAME`` (a registry name), default ``--mi-model victim``: the paper's g. NAME
+  is trained here on each poisoned set (g_p, one per distinct folder) and on the clean
+  images (g_clean). The reference is SMI(g_clean(X); g_clean(X)) and each set gives
+  SMI(g_p(X); g_p(X')).
+* ``--model NAME --mi-model clean``: NAME trained on the clean images only, g_clean on
+  both sides for every set (what this command measured before; not the paper's g).
+* ``--model CKPT`` (a checkpoint folder): one g for everything, labelled ``checkpoint``;
+  ``--mi-model`` does not apply.
+
+The reference uses independent directions, as the paper's "Clean" column; each set uses
+the same directions on the same samples, so gaps can also be taken slice by slice.
+Covariance compares g(X) with g(X') under the set's own g (the pair its MI is measured
+on: one network, one feature space, so the two covariances are comparable).
+Separability is measured on pixels and does not depend on g.
 """
 
 from __future__ import annotations
@@ -16,11 +29,11 @@ import numpy as np
 from ..errors import UnlearnableError
 from ..progress import bar, log
 from .covariance import compare_covariance
-from .estimators import ESTIMATORS, make_estimator
+from .estimators import ESTIMATORS
 from .features import extract_features, paired_features
+from .gaps import G_DESCRIPTIONS, MIGapMeter, check_mi_model
 from .relations import mi_gap, relate
 from .separability import separability_report
-from .sliced import direction_pairs, sliced_mi
 
 #: estimator -> default number of slices when --slices is not given (MINE trains a network per slice)
 DEFAULT_SLICES = {"hist": 2000, "hist-mm": 2000, "kde": 2000, "ksg": 2000, "mine": 100}
@@ -56,34 +69,62 @@ def _load_clean(spec, pd):
     return clean
 
 
-def _model(model_arg: str, pd, *, device: str, train_epochs: int, seed: int):
-    """A checkpoint folder, or a registry name trained now on the clean images."""
+def _checkpoint_or_name(model_arg: str, device):
+    """The loaded model and its info for a checkpoint folder; None for a registry name."""
     from ..models.checkpoint import load_model
     from ..models.registry import _REGISTRY, _key
-    from ..runtime import resolve_device
-    dev = resolve_device(device)
     p = Path(model_arg)
     if p.exists():
-        model, meta = load_model(p, device=dev)
+        model, meta = load_model(p, device=device)
         return model, {"checkpoint": str(p), **meta}
     if _key(model_arg) not in _REGISTRY:
         raise UnlearnableError(f"--model {model_arg!r} is neither a checkpoint folder (model.json + "
                                f"model.safetensors) nor a registry model name")
+    return None
+
+
+def _train_here(name: str, train, test, what: str, *, device: str, train_epochs: int, seed: int):
+    """Registry model ``name`` trained now on ``train`` (``what`` names it in logs and JSON)."""
     from ..train import train_victim, victim_preset
-    if pd.test is None:
-        raise UnlearnableError(f"{pd.path} has no test split: cannot train --model {model_arg} here; pass a checkpoint")
-    cfg = victim_preset("cpu", model=model_arg, epochs=train_epochs, device=device)
-    log(f"training {model_arg} on the {len(pd.clean)} clean images for {train_epochs} epochs")
-    res = train_victim(pd.clean, pd.test, cfg, seed=seed, desc=f"train {model_arg}")
-    return res.model, {"trained_here": True, "model": cfg.model, "epochs": cfg.epochs, "test_acc": res.test_acc,
-                       "train_acc": res.train_acc, "seed": seed}
+    if test is None:
+        raise UnlearnableError(f"{what} has no test split: cannot train --model {name} here; pass a checkpoint")
+    cfg = victim_preset("cpu", model=name, epochs=train_epochs, device=device)
+    log(f"training {name} on {what} ({len(train)} images) for {train_epochs} epochs")
+    res = train_victim(train, test, cfg, seed=seed, desc=f"train {name} ({what})")
+    return res.model, {"trained_here": True, "trained_on": what, "model": cfg.model, "epochs": cfg.epochs,
+                       "test_acc": res.test_acc, "train_acc": res.train_acc, "seed": seed}
 
 
-def run_measure(poisoned: list[str], *, clean: str | None = None, model: str = "cnn",
+def _models(model_arg: str, mi_model: str | None, sets, *, device: str, train_epochs: int, seed: int):
+    """(g kind, (reference model, info), [(model, info) per set]) as the module docstring says."""
+    from ..runtime import resolve_device
+    loaded = _checkpoint_or_name(model_arg, resolve_device(device))
+    if loaded is not None:
+        if mi_model is not None:
+            raise UnlearnableError(f"--mi-model applies to --model NAME (trained here); the checkpoint {model_arg} "
+                                   f"is one g for every set")
+        return "checkpoint", loaded, [loaded] * len(sets)
+    kind = check_mi_model(mi_model or "victim")
+    base = sets[0]
+    kw = dict(device=device, train_epochs=train_epochs, seed=seed)
+    ref = _train_here(model_arg, base.clean, base.test, "the clean images", **kw)
+    if kind == "clean":
+        return kind, ref, [ref] * len(sets)
+    per_folder = {}  # a folder given twice is the same training set: one victim
+    for pd in sets:
+        key = str(Path(pd.path).resolve())
+        if key not in per_folder:
+            per_folder[key] = _train_here(model_arg, pd.poisoned, pd.test, str(pd.path), **kw)
+    return kind, ref, [per_folder[str(Path(pd.path).resolve())] for pd in sets]
+
+
+def run_measure(poisoned: list[str], *, clean: str | None = None, model: str = "cnn", mi_model: str | None = None,
                 estimators: list[str] = ("hist", "ksg"), slices: int | None = None, seed: int = 0,
                 conditional: bool = True, max_per_class: int | None = None, covariance: bool = True,
                 separability: bool = True, device: str = "auto", train_epochs: int = 8,
                 accs: list[float] | None = None, clean_acc: float | None = None) -> dict:
+    """Measure ``poisoned`` folders (same clean images); ``model`` and ``mi_model`` choose g
+    (module docstring; ``mi_model`` None means ``victim`` for a registry name)."""
     from ..data import read_poisoned
     t0 = time.time()
     sets = [read_poisoned(p) for p in poisoned]
@@ -99,47 +140,53 @@ def run_measure(poisoned: list[str], *, clean: str | None = None, model: str = "
         rng = np.random.default_rng(seed)
         rows = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:max_per_class]
                                        for c in np.unique(labels)]))
-    net, model_info = _model(model, base, device=device, train_epochs=train_epochs, seed=seed)
+    kind, (ref_net, ref_info), set_models = _models(model, mi_model, sets, device=device,
+                                                    train_epochs=train_epochs, seed=seed)
     t_feat = time.time()
-    zc, zp0 = paired_features(net, clean_ds.take(rows), base.poisoned.take(rows))
-    zps = [zp0] + [extract_features(net, pd.poisoned.take(rows)) for pd in sets[1:]]
+    x_rows = clean_ds.take(rows)
+    z_ref = extract_features(ref_net, x_rows)
+    pairs = []  # (g(X), g(X')) per set, under the set's g
+    for pd, (net, _) in zip(sets, set_models):
+        if net is ref_net:
+            pairs.append((z_ref, extract_features(net, pd.poisoned.take(rows))))
+        else:
+            pairs.append(paired_features(net, x_rows, pd.poisoned.take(rows)))
     lab = labels[rows]
     feat_s = time.time() - t_feat
-    out = {"clean": clean or f"{base.path} (poisoned - perturbation)", "model": model_info,
-           "features": {"dim": int(zc.shape[1]), "n": int(len(rows)),
+    out = {"clean": clean or f"{base.path} (poisoned - perturbation)", "g": kind, "g_description": G_DESCRIPTIONS[kind],
+           "model": ref_info,
+           "features": {"dim": int(z_ref.shape[1]), "n": int(len(rows)),
                         "n_per_class": {str(int(c)): int((lab == c).sum()) for c in np.unique(lab)},
                         "seconds": round(feat_s, 2)},
            "settings": {"conditional": conditional, "seed": seed, "slices": {}},
            "reference": {}, "results": []}
-    for pd in sets:
+    for pd, (_, info) in zip(sets, set_models):
         out["results"].append({"poisoned": str(pd.path), "method": pd.manifest.get("method"),
-                               "eps_255": pd.manifest.get("eps_255"), "mi": {}, "mi_gap": {}})
+                               "eps_255": pd.manifest.get("eps_255"), "model": info, "mi": {}, "mi_gap": {}})
+    m_of = {name: slices or DEFAULT_SLICES[name] for name in estimators}
+    meter = MIGapMeter(z_ref, lab, estimators=estimators, slices=m_of, seed=seed, conditional=conditional)
     with bar(total=len(estimators) * (1 + len(sets)), desc="sliced MI", unit="set") as pb:
         for name in estimators:
-            m = slices or DEFAULT_SLICES[name]
-            out["settings"]["slices"][name] = m
-            theta, phi = direction_pairs(m, zc.shape[1], zc.shape[1], seed)
-            est = make_estimator(name)
-            pb.set_postfix(estimator=name, m=m)
+            out["settings"]["slices"][name] = m_of[name]
+            pb.set_postfix(estimator=name, m=m_of[name])
             t = time.time()
-            ref = sliced_mi(zc, zc, lab, estimator=est, conditional=conditional, directions=(theta, phi), seed=seed)
+            ref = meter.reference(name)
             out["reference"][name] = {**ref.to_dict(), "seconds": round(time.time() - t, 2)}
             pb.update()
             first = None
-            for r, zp in zip(out["results"], zps):
+            for r, (zc, zp) in zip(out["results"], pairs):
                 t = time.time()
-                res = sliced_mi(zc, zp, lab, estimator=est, conditional=conditional, directions=(theta, phi),
-                                seed=seed)
+                res = meter.against(name, zc, zp)
                 r["mi"][name] = {**res.to_dict(), "seconds": round(time.time() - t, 2)}
                 r["mi_gap"][name] = mi_gap(ref, res)
                 if first is None:
                     first = (r["poisoned"], res)
-                else:  # gap difference to the first folder, slice by slice (same directions)
+                else:  # gap difference to the first folder, slice by slice (same directions, whatever each g)
                     d = first[1].slices - res.slices
                     r["mi_gap"][name]["vs_first"] = {"folder": first[0], "diff": float(d.mean()),
                                                      "se_paired": float(d.std(ddof=1) / np.sqrt(len(d)))}
                 pb.update()
-    for r, zp, pd in zip(out["results"], zps, sets):
+    for r, (zc, zp), pd in zip(out["results"], pairs, sets):
         if covariance:
             r["covariance"] = compare_covariance(zc, zp, lab)
             for side in ("clean", "poisoned"):
@@ -167,6 +214,12 @@ def format_table(res: dict) -> str:
     npc = sorted(set(f["n_per_class"].values()))
     npc_s = str(npc[0]) if len(npc) == 1 else f"{npc[0]}-{npc[-1]}"
     mode = "class-conditional" if res["settings"]["conditional"] else "pooled"
+    g_line = f"g: {res.get('g_description', G_DESCRIPTIONS['checkpoint'])}"
+    ref_model = res.get("model") or {}
+    if ref_model.get("trained_here"):
+        g_line += (f" ({ref_model['model']}, {ref_model['epochs']} epochs, trained here; clean victim test acc "
+                   f"{ref_model['test_acc']:.4f})")
+    lines.append(g_line)
     lines.append(f"features: d={f['dim']}, n={f['n']} ({npc_s} per class), {mode} sliced MI in nats, "
                  f"SE over slices")
     hdr = f"{'estimator':<9} {'m':>5} {'data':<22} {'SMI':>9} {'SE':>8} {'MI gap':>9} {'SE':>8} {'paired SE':>9}"
@@ -199,6 +252,8 @@ def format_table(res: dict) -> str:
             s = r["separability"]
             bits.append(f"linear train acc: noise {s['noise_train_acc']:.3f}, poisoned {s['poisoned_train_acc']:.3f}, "
                         f"clean {s.get('clean_train_acc', float('nan')):.3f}")
+        if res.get("g") == "victim":  # each set's own g: its clean test accuracy is the attack's effect
+            bits.append(f"own victim (g) test acc {r['model']['test_acc']:.4f}")
         if "acc_gap" in r:
             bits.append(f"acc gap {r['acc_gap']:.4f}")
         if bits:

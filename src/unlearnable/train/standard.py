@@ -111,6 +111,16 @@ class TrainResult:
                 "history": self.history, "config": self.config}
 
 
+def best_epoch(history: list[dict]) -> tuple[float, int]:
+    """The highest per-epoch clean test accuracy in ``history`` and its epoch (the first
+    on ties): what an attacker who early-stops on clean validation data would get. The
+    final epoch is what the tables count; this is reported beside it."""
+    if not history:
+        raise UnlearnableError("no training history to find the best epoch in")
+    best = max(history, key=lambda h: (h["test_acc"], -h["epoch"]))
+    return float(best["test_acc"]), int(best["epoch"])
+
+
 def make_optimizer(model, cfg: VictimConfig):
     if cfg.schedule == "step":
         return sgd_multistep(model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
