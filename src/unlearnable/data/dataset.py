@@ -68,10 +68,15 @@ class ImageDataset:
 
     def stratified_subset(self, n: int, seed: int = 0) -> "ImageDataset":
         """``n`` images with classes as balanced as the data allows, in source order."""
+        idx = self.stratified_indices(n, seed)
+        return self if len(idx) == len(self) else self.take(idx)
+
+    def stratified_indices(self, n: int, seed: int = 0) -> np.ndarray:
+        """The sorted indices :meth:`stratified_subset` takes (all of them when ``n >= len``)."""
         if n <= 0:
             raise UnlearnableError(f"subset size must be positive, got {n}")
         if n >= len(self):
-            return self
+            return np.arange(len(self))
         rng = np.random.default_rng(seed)
         per_class = [np.flatnonzero(self.labels == c) for c in range(self.num_classes)]
         per_class = [rng.permutation(ix) for ix in per_class if ix.size]
@@ -83,7 +88,7 @@ class ImageDataset:
                 if depth < ix.size and len(chosen) < n:
                     chosen.append(int(ix[depth]))
             depth += 1
-        return self.take(np.sort(np.asarray(chosen)))
+        return np.sort(np.asarray(chosen))
 
     def to_tensor(self, device="cpu") -> torch.Tensor:
         """float32 NCHW in [0, 1]."""
