@@ -37,7 +37,8 @@ class MIUEConfig:
     weight_decay: float = 1e-4
     lr_min: float = 1e-6
     eps: float = 8 / 255
-    pgd_steps: int = 5
+    pgd_steps: int = 5  # T_a: signed-gradient steps per poison batch
+    source_steps: int | None = None  # T_theta: source SGD batches per epoch (None: one full pass)
     step_size: float = 1.6 / 255
     step_size_final: float | None = None  # anneal linearly per epoch to this (the official code's option)
     tau: float = 0.1
@@ -57,6 +58,8 @@ class MIUEConfig:
     def validate(self):
         check_eps(self.eps)
         check_positive("mi-ue", self, ("epochs", "batch_size", "pgd_steps", "forward_chunk", "shards"))
+        if self.source_steps is not None and self.source_steps <= 0:
+            raise UnlearnableError(f"mi-ue: source_steps must be positive or None, got {self.source_steps}")
         if self.step_size <= 0 or self.tau <= 0 or self.zeta < 0 or self.lr <= 0:
             raise UnlearnableError("mi-ue: step_size, tau and lr must be positive and zeta non-negative")
         if self.distance_scale not in ("none", "dim"):
@@ -105,10 +108,14 @@ class MIUE(Attack):
 
         dist_scale = 1.0 / model.feature_dim if cfg.distance_scale == "dim" else 1.0
         n_tr = num_batches(len(data), cfg.batch_size)
-        with bar(total=cfg.epochs * 2 * n_tr, initial=start * 2 * n_tr, desc=self.name, unit="batch") as pb:
+        per_epoch = n_tr + (n_tr if cfg.source_steps is None else cfg.source_steps)
+        with bar(total=cfg.epochs * per_epoch, initial=start * per_epoch, desc=self.name, unit="batch") as pb:
             for epoch in range(start, cfg.epochs):
-                # Source model: one pass of CE on the current poisons (min over theta).
-                ce, acc = run.train_pass(train_aug, delta=delta, on_batch=pb.update)
+                # Source model: T_theta batches of CE on the current poisons (min over theta).
+                if cfg.source_steps is None:
+                    ce, acc = run.train_pass(train_aug, delta=delta, on_batch=pb.update)
+                else:
+                    ce, acc = run.train_steps(cfg.source_steps, train_aug, delta=delta, on_batch=pb.update)
                 run.sched.step()
                 # Poisons: T_a signed-gradient steps on L_mi for every batch (min over delta).
                 model.eval()
