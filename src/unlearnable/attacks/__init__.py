@@ -10,6 +10,7 @@ from .gue import GUE
 from .losses import mi_loss, mi_loss_naive, mi_loss_per_sample
 from .lsp import LSP
 from .mi_ue import MIUE, MIUEConfig
+from .mi_ue_gen import MIUEGen
 from .ntga import NTGA
 from .ops import OPS
 from .pgd import pgd, project
@@ -20,4 +21,4 @@ from .tue import TUE
 
 __all__ = ["Attack", "AttackResult", "attack_names", "get_attack", "register_attack", "mi_loss",
            "mi_loss_naive", "mi_loss_per_sample", "MIUE", "MIUEConfig", "RandomNoise", "pgd", "project",
-           "EM", "EMClass", "AP", "APUntargeted", "AR", "LSP", "OPS", "REM", "SEM", "ENTF", "NTGA", "GUE", "TUE", "AMIUE"]
+           "EM", "EMClass", "AP", "APUntargeted", "AR", "LSP", "OPS", "REM", "SEM", "ENTF", "NTGA", "GUE", "TUE", "AMIUE", "MIUEGen"]

@@ -44,7 +44,7 @@ from ..train import best_epoch, train_victim, victim_preset
 
 # The paper's column order (Table 1), then the APBench extras and anything registered later.
 PAPER_ORDER = ["random", "em", "em-class", "ap", "ap-untargeted", "ntga", "ar", "lsp", "ops", "rem", "sem", "entf",
-               "gue", "tue", "mi-ue", "a-mi-ue"]
+               "gue", "tue", "mi-ue", "a-mi-ue", "mi-ue-g"]
 
 
 def default_methods() -> list[str]:

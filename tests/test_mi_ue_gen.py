@@ -1,0 +1,97 @@
+"""MI-UE-G (MI-UE's game with a perturbation generator) and MI-UE's T_theta knob."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import crash_then_resume
+
+from unlearnable.attacks import get_attack, mi_loss
+from unlearnable.attacks.mi_ue import MIUE
+from unlearnable.data import load_dataset, quantize, read_poisoned
+from unlearnable.data.poisoned import budget_levels
+from unlearnable.errors import UnlearnableError
+from unlearnable.models import model_names, register_model
+from unlearnable.models.cnn import ConvNet4
+from unlearnable.poison import poison_dataset
+
+if "test-cnn-w8" not in model_names():
+    register_model("test-cnn-w8")(lambda **kw: ConvNet4(width=8, **kw))
+
+FAST = dict(model="test-cnn-w8", device="cpu", channels_last=False, batch_size=32, epochs=2, gen_width=8,
+            gen_lr=1e-2)
+
+
+def test_budget_on_disk_and_same_seed(tiny_npz, tmp_path):
+    m = poison_dataset("mi-ue-g", str(tiny_npz), tmp_path / "out", seed=0, overrides=FAST)
+    back = read_poisoned(tmp_path / "out")
+    assert m["method"] == "mi-ue-g" and int(np.abs(back.delta).max()) == m["linf_255"]
+    assert 0 < m["linf_255"] <= budget_levels(8 / 255)
+    train = load_dataset(tiny_npz).train
+    attack = get_attack("mi-ue-g").from_preset("cpu", **FAST)
+    again = quantize(train.images, attack.generate(train, seed=0).delta, attack.config.eps)
+    np.testing.assert_array_equal(again, back.poisoned.images)
+    assert not np.array_equal(quantize(train.images, attack.generate(train, seed=1).delta, attack.config.eps), again)
+
+
+def test_resume_after_crash_is_bit_identical(tiny_npz, tmp_path, monkeypatch):
+    train = load_dataset(tiny_npz).train
+    over = dict(FAST, epochs=3)
+    full, resumed = crash_then_resume(lambda: get_attack("mi-ue-g")(**over), train, tmp_path, monkeypatch)
+    assert resumed.info["resumed_from_epoch"] == 2 and len(resumed.info["history"]) == 3
+    assert torch.equal(resumed.delta, full.delta)
+
+
+def test_generator_lowers_the_mi_loss_of_the_source(tiny_npz, monkeypatch):
+    """The poisons are trained on L_mi: against the final source model, they give a lower
+    L_mi than no perturbation and than a random sign pattern of the same size."""
+    from unlearnable.attacks import mi_ue_gen
+    train = load_dataset(tiny_npz).train
+    seen = {}
+    real = mi_ue_gen.SourceRun
+
+    class Spy(real):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            seen["run"] = self
+
+    monkeypatch.setattr(mi_ue_gen, "SourceRun", Spy)
+    res = get_attack("mi-ue-g")(**dict(FAST, epochs=6)).generate(train, seed=0)
+    model = seen["run"].model.eval()
+    x = torch.from_numpy(train.images).permute(0, 3, 1, 2).float() / 255
+    y = torch.from_numpy(train.labels)
+    noise = torch.sign(torch.randn(x.shape, generator=torch.Generator().manual_seed(0))) * res.delta.abs().mean()
+    with torch.no_grad():
+        loss = {k: float(mi_loss(model.features((x + d).clamp(0, 1)), y))
+                for k, d in {"poison": res.delta, "none": torch.zeros_like(x), "noise": noise}.items()}
+    assert loss["poison"] < loss["none"] and loss["poison"] < loss["noise"]
+
+
+def test_config_is_checked():
+    with pytest.raises(UnlearnableError, match="eps must be in"):
+        get_attack("mi-ue-g")(eps=0.0)
+    with pytest.raises(UnlearnableError, match="gen_lr"):
+        get_attack("mi-ue-g")(gen_lr=0.0)
+    with pytest.raises(UnlearnableError, match="source_steps"):
+        MIUE(source_steps=0)
+
+
+def test_mi_ue_source_steps_sets_the_source_batches_per_epoch(tiny_npz, monkeypatch):
+    """T_theta: ``source_steps`` SGD batches per epoch (more than one pass when asked),
+    one full pass when None (the default, as before)."""
+    from unlearnable.attacks.source import SourceRun
+    train = load_dataset(tiny_npz).train  # 160 images: 5 batches of 32
+    calls = []
+    real = SourceRun.train_pass
+
+    def counting(self, *a, max_batches=None, **k):
+        calls.append(max_batches)
+        return real(self, *a, max_batches=max_batches, **k)
+
+    monkeypatch.setattr(SourceRun, "train_pass", counting)
+    base = dict(model="test-cnn-w8", device="cpu", channels_last=False, batch_size=32, epochs=2, pgd_steps=1,
+                forward_chunk=32)
+    MIUE(**base).generate(train, seed=0)
+    assert calls == [None, None]
+    calls.clear()
+    MIUE(**base, source_steps=7).generate(train, seed=0)
+    assert calls == [5, 2, 5, 2]
