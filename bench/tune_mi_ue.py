@@ -39,14 +39,26 @@ def split_train_val(train: ImageDataset, subset: int, seed: int) -> tuple[ImageD
 
 
 def delta_stats(clean: np.ndarray, poisoned: np.ndarray, labels: np.ndarray, eps_255: float) -> dict:
-    """How class-consistent the written perturbation is (nearest class mean, means from the
-    other half of the images) and where its budget goes (black background vs object)."""
-    d = poisoned.astype(np.float32).reshape(len(labels), -1) - clean.astype(np.float32).reshape(len(labels), -1)
-    half = np.random.default_rng(0).random(len(labels)) < 0.5
-    means = np.stack([d[half & (labels == c)].mean(0) for c in range(labels.max() + 1)])
+    """The written perturbation's structure: how class-consistent it is (nearest class mean,
+    the means from a random half of the images; the share of its energy in the class-mean
+    pattern), how smooth (the energy share that survives 2x2 average pooling: 0.25 for
+    white noise, 1 for a pattern constant on 2x2 blocks), and where its budget goes
+    (black background pixels, which admit only positive changes, vs the object)."""
+    n = len(labels)
+    d = poisoned.astype(np.float32).reshape(n, -1) - clean.astype(np.float32).reshape(n, -1)
+    half = np.random.default_rng(0).random(n) < 0.5
+    k = int(labels.max()) + 1
+    means = np.stack([d[half & (labels == c)].mean(0) for c in range(k)])
     pred = (d[~half] @ means.T - 0.5 * (means ** 2).sum(1)).argmax(1)
-    bg = clean.reshape(len(labels), -1) == 0
+    energy = float((d ** 2).sum())
+    class_means = np.stack([d[labels == c].mean(0) for c in range(k)])
+    h, w = clean.shape[1] // 2 * 2, clean.shape[2] // 2 * 2
+    img = (poisoned.astype(np.float32) - clean.astype(np.float32))[:, :h, :w]
+    pooled = img.reshape(n, h // 2, 2, w // 2, 2, -1).mean((2, 4))
+    bg = clean.reshape(n, -1) == 0
     return {"delta_class_mean_acc": round(float((pred == labels[~half]).mean()), 4),
+            "class_mean_share": round(float((class_means[labels] ** 2).sum()) / energy, 3),
+            "low_freq_share": round(float((pooled ** 2).sum()) * 4 / energy, 3),
             "mean_abs_255": round(float(np.abs(d).mean()), 3), "background_frac": round(float(bg.mean()), 3),
             "mean_abs_bg_255": round(float(np.abs(d[bg]).mean()), 3),
             "mean_abs_obj_255": round(float(np.abs(d[~bg]).mean()), 3), "eps_255": eps_255}
