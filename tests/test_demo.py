@@ -9,8 +9,8 @@ from unlearnable.measure.gaps import MIGapMeter
 
 
 def test_demo_writes_results_contract(tiny_npz, tmp_path, capsys):
-    code = main(["-q", "demo", "--data", str(tiny_npz), "--subset", "120", "--epochs", "1", "--steps", "2",
-                 "--batch-size", "64", "--victim-epochs", "1", "--device", "cpu", "--out", str(tmp_path / "d")])
+    code = main(["-q", "demo", "--method", "mi-ue", "--data", str(tiny_npz), "--subset", "120", "--epochs", "1",
+                 "--steps", "2", "--batch-size", "64", "--victim-epochs", "1", "--device", "cpu", "--out", str(tmp_path / "d")])
     assert code == 0
     out = capsys.readouterr().out
     r = json.loads((tmp_path / "d" / "results.json").read_text())
@@ -28,6 +28,16 @@ def test_demo_writes_results_contract(tiny_npz, tmp_path, capsys):
     for side in ("clean", "poisoned"):
         assert r[f"{side}_best_epoch"] == 1 and r[f"{side}_best_acc"] == r[f"{side}_acc"]  # one epoch
     assert "test acc (final)" in out and "best epoch" in out and "(ep 1)" in out
+
+
+def test_demo_default_method_is_mi_ue_g(tiny_npz, tmp_path, capsys):
+    code = main(["-q", "demo", "--data", str(tiny_npz), "--subset", "120", "--epochs", "1", "--batch-size", "64",
+                 "--victim-epochs", "1", "--device", "cpu", "--out", str(tmp_path / "d")])
+    assert code == 0
+    r = json.loads((tmp_path / "d" / "results.json").read_text())
+    assert r["method"] == "mi-ue-g" and r["attack_config"]["gen_lr"] > 0 and "mi-ue-g" in capsys.readouterr().out
+    # a PGD option means nothing to a generator: one line, exit 2
+    assert main(["-q", "demo", "--data", str(tiny_npz), "--steps", "2", "--out", str(tmp_path / "e")]) == 2
 
 
 @pytest.mark.parametrize("mi_model", ["victim", "clean"])

@@ -81,12 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or status lines")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    d = sub.add_parser("demo", help="MI-UE on a Fashion-MNIST subset; victims on clean and protected data")
+    d = sub.add_parser("demo", help="MI-UE-G on a Fashion-MNIST subset; victims on clean and protected data")
     d.add_argument("--out", default="runs/demo", help="output folder (results.json, poisoned/)")
     d.add_argument("--data", default="fashion-mnist", help="data spec (default: the embedded Fashion-MNIST)")
     d.add_argument("--subset", type=_positive_int, default=5000, help="training images (default 5000)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--method", default="mi-ue", help=f"attack: {', '.join(attack_names())}")
+    d.add_argument("--method", default="mi-ue-g",
+                   help=f"attack (default mi-ue-g; mi-ue is the paper's algorithm): {', '.join(attack_names())}")
     d.add_argument("--victim-epochs", type=_positive_int, help="victim epochs (default 15)")
     _add_mi_model_flag(d)
     d.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")

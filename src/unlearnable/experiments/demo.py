@@ -1,4 +1,5 @@
-"""The demo: MI-UE on a Fashion-MNIST subset, victims on clean and protected data.
+"""The demo: MI-UE-G (MI-UE's game and loss, a generator for the poisons) on a Fashion-MNIST
+subset, victims on clean and protected data (``method="mi-ue"``: the paper's algorithm).
 
 Data flow as everywhere: data -> attack -> protected dataset on disk -> victim -> report.
 The sliced MI gap is measured as in the paper by default: g is the victim trained on the
@@ -24,7 +25,7 @@ MI_SLICES = 500
 
 
 def run_demo(out: str | Path, *, data: str = "fashion-mnist", subset: int = 5000, seed: int = 0,
-             method: str = "mi-ue", preset: str = "cpu", victim: str = "cpu", victim_epochs: int | None = None,
+             method: str = "mi-ue-g", preset: str = "cpu", victim: str = "cpu", victim_epochs: int | None = None,
              attack_overrides: dict | None = None, mi_model: str = "victim", overwrite: bool = False) -> dict:
     """Protect ``subset`` training images with ``method``, train a victim on the clean and
     on the protected images, and measure the sliced MI gap.
