@@ -49,3 +49,30 @@ def crash_then_resume(make_attack, train, workdir, monkeypatch, *, crash_after=2
         make_attack().generate(train, seed=seed, workdir=workdir)
     monkeypatch.setattr(Checkpoint, "save", real_save)
     return full, make_attack().generate(train, seed=seed, workdir=workdir, resume=True)
+
+
+def spy_mi_models(monkeypatch, module):
+    """Record which networks ``module`` trains (by progress label), which it hands to
+    :meth:`MIGapMeter.measure` as g, and which give the clean reference; returns the three
+    (dict desc -> model, list, list), filled as the code under test runs."""
+    from unlearnable.measure.gaps import MIGapMeter
+    trained, measured, references = {}, [], []
+    real_train, real_measure, real_for_model = module.train_victim, MIGapMeter.measure, MIGapMeter.for_model.__func__
+
+    def train_spy(*a, **k):
+        res = real_train(*a, **k)
+        trained[k["desc"]] = res.model
+        return res
+
+    def measure_spy(self, model, poisoned):
+        measured.append(model)
+        return real_measure(self, model, poisoned)
+
+    def for_model_spy(cls, model, clean, **k):
+        references.append(model)
+        return real_for_model(cls, model, clean, **k)
+
+    monkeypatch.setattr(module, "train_victim", train_spy)
+    monkeypatch.setattr(MIGapMeter, "measure", measure_spy)
+    monkeypatch.setattr(MIGapMeter, "for_model", classmethod(for_model_spy))
+    return trained, measured, references

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import spy_mi_models
 
 from test_attacks_zoo import smooth_bands  # the zoo's tiny learnable task (registers test-cnn-w8)
 from unlearnable.attacks import get_attack
@@ -203,26 +204,7 @@ def test_compare_end_to_end_then_cached(tiny_npz, tmp_path, capsys, monkeypatch)
 def test_compare_g_is_the_attacks_own_victim_unless_clean(tiny_npz, tmp_path, monkeypatch, mi_model):
     """By default each row's g is the victim trained on that attack's data; --mi-model clean
     switches to the clean victim. The reference always comes from the clean victim."""
-    from unlearnable.measure.gaps import MIGapMeter
-    trained, measured, references = {}, [], []
-    real_train, real_measure, real_for_model = compare.train_victim, MIGapMeter.measure, MIGapMeter.for_model.__func__
-
-    def train_spy(*a, **k):
-        res = real_train(*a, **k)
-        trained[k["desc"]] = res.model
-        return res
-
-    def measure_spy(self, model, poisoned):
-        measured.append(model)
-        return real_measure(self, model, poisoned)
-
-    def for_model_spy(cls, model, clean, **k):
-        references.append(model)
-        return real_for_model(cls, model, clean, **k)
-
-    monkeypatch.setattr(compare, "train_victim", train_spy)
-    monkeypatch.setattr(MIGapMeter, "measure", measure_spy)
-    monkeypatch.setattr(MIGapMeter, "for_model", classmethod(for_model_spy))
+    trained, measured, references = spy_mi_models(monkeypatch, compare)
     r = compare.run_compare(tmp_path / "cmp", data=str(tiny_npz), methods=["random"], victim_epochs=1,
                             mi_slices=8, estimators=["ksg"], mi_model=mi_model)
     own = trained["victim (random)"] if mi_model == "victim" else trained["victim (clean)"]

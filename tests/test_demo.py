@@ -1,11 +1,11 @@
 import json
 
 import pytest
+from conftest import spy_mi_models
 
 from unlearnable.cli import main
 from unlearnable.errors import UnlearnableError
 from unlearnable.experiments import demo
-from unlearnable.measure.gaps import MIGapMeter
 
 
 def test_demo_writes_results_contract(tiny_npz, tmp_path, capsys):
@@ -42,25 +42,7 @@ def test_demo_default_method_is_mi_ue_g(tiny_npz, tmp_path, capsys):
 
 @pytest.mark.parametrize("mi_model", ["victim", "clean"])
 def test_demo_g_is_the_protected_victim_unless_clean(tiny_npz, tmp_path, monkeypatch, mi_model):
-    trained, measured, references = {}, [], []
-    real_train, real_measure, real_for_model = demo.train_victim, MIGapMeter.measure, MIGapMeter.for_model.__func__
-
-    def train_spy(*a, **k):
-        res = real_train(*a, **k)
-        trained[k["desc"]] = res.model
-        return res
-
-    def measure_spy(self, model, poisoned):
-        measured.append(model)
-        return real_measure(self, model, poisoned)
-
-    def for_model_spy(cls, model, clean, **k):
-        references.append(model)
-        return real_for_model(cls, model, clean, **k)
-
-    monkeypatch.setattr(demo, "train_victim", train_spy)
-    monkeypatch.setattr(MIGapMeter, "measure", measure_spy)
-    monkeypatch.setattr(MIGapMeter, "for_model", classmethod(for_model_spy))
+    trained, measured, references = spy_mi_models(monkeypatch, demo)
     r = demo.run_demo(tmp_path / "d", data=str(tiny_npz), subset=120, method="random", victim_epochs=1,
                       mi_model=mi_model)
     g = trained["victim (protected)"] if mi_model == "victim" else trained["victim (clean)"]
