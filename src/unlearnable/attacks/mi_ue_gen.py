@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..data.augment import build_augment
 from ..errors import UnlearnableError
@@ -82,13 +83,13 @@ class MIUEGen(Attack):
         net = prepare_model(PerturbationGenerator(train.channels, cfg.gen_width, cfg.gen_levels,
                                                   train.num_classes if cfg.label_input else None),
                             device, cfg.channels_last)
-        opt_gen = torch.optim.Adam(net.parameters(), lr=cfg.gen_lr)
+        gen_params = list(net.parameters())
+        opt_gen = torch.optim.Adam(gen_params, lr=cfg.gen_lr)
         if run.start:
             net.load_state_dict(run.extra["generator"])
             opt_gen.load_state_dict(run.extra["opt_generator"])
         augment = build_augment(cfg.train_augment, cfg.crop_padding)
         dist_scale = 1.0 / model.feature_dim if cfg.distance_scale == "dim" else 1.0
-        ce_loss = torch.nn.CrossEntropyLoss()
 
         def poison(x, y):
             return (x + cfg.eps * net(to_model_input(x, cfg.channels_last), y if cfg.label_input else None)).clamp(0, 1)
@@ -106,7 +107,7 @@ class MIUEGen(Attack):
                     inp = xp.detach() if augment is None else augment(xp.detach(), run.gen)
                     with autocast(device, cfg.bf16):
                         logits = model(to_model_input(inp, cfg.channels_last)).float()
-                    ce = ce_loss(logits, y)
+                    ce = F.cross_entropy(logits, y)
                     run.opt.zero_grad(set_to_none=True)
                     ce.backward()
                     run.opt.step()
@@ -116,9 +117,8 @@ class MIUEGen(Attack):
                         z = model.features(to_model_input(xp, cfg.channels_last))
                     mi = mi_loss(z.float(), y, tau=cfg.tau, zeta=cfg.zeta, distance_scale=dist_scale)
                     opt_gen.zero_grad(set_to_none=True)
-                    mi.backward()
+                    mi.backward(inputs=gen_params)  # no weight gradients for the source model: it is not updated here
                     opt_gen.step()
-                    model.zero_grad(set_to_none=True)  # L_mi's gradient must not reach the next source step
                     sums += torch.stack([ce.detach() * len(y), mi.detach() * len(y),
                                          (logits.detach().argmax(1) == y).sum().float()])
                     pb.update()
