@@ -274,19 +274,23 @@ class GUE(Attack):
                 pb.set_postfix(payoff=f"{history[-1]['payoff']:.3f}", q=f"{history[-1]['q']:.4f}")
                 epoch, start_batch, order, sums = epoch + 1, 0, None, {}
                 save(units)
-        delta = self._poisons(net, data, cfg)
+        delta = generator_poisons(net, data, eps=cfg.eps, label_input=cfg.label_input,
+                                  channels_last=cfg.channels_last, chunk=cfg.batch_size)
         info = {"history": history, "config": asdict(cfg), "seconds": round(time.time() - t0, 2),
                 "resumed_from_epoch": resumed_from}
         return AttackResult(delta=delta, info=info)
 
-    @torch.no_grad()
-    def _poisons(self, net, data: TensorData, cfg) -> torch.Tensor:
-        """The trained generator's perturbation of every training image (eval mode), on the CPU."""
-        net.eval()
-        out = torch.empty(data.x.shape, dtype=torch.float32)
-        for i in range(0, len(data), cfg.batch_size):
-            idx = torch.arange(i, min(i + cfg.batch_size, len(data)), device=data.x.device)
-            x, y = data.batch(idx)
-            d = cfg.eps * net(to_model_input(x, cfg.channels_last), y if cfg.label_input else None)
-            out[i:i + len(idx)] = project(x, d.float(), cfg.eps).cpu()
-        return out
+
+@torch.no_grad()
+def generator_poisons(net, data: TensorData, *, eps: float, label_input: bool, channels_last: bool,
+                      chunk: int) -> torch.Tensor:
+    """A trained generator's perturbation of every training image (eval mode), projected to
+    the budget and pixel range, on the CPU; ``chunk`` images at a time."""
+    net.eval()
+    out = torch.empty(data.x.shape, dtype=torch.float32)
+    for i in range(0, len(data), chunk):
+        idx = torch.arange(i, min(i + chunk, len(data)), device=data.x.device)
+        x, y = data.batch(idx)
+        d = eps * net(to_model_input(x, channels_last), y if label_input else None)
+        out[i:i + len(idx)] = project(x, d.float(), eps).cpu()
+    return out

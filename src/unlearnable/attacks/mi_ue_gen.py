@@ -30,9 +30,8 @@ from ..progress import bar
 from ..runtime import autocast, prepare_model, to_model_input
 from ..train.loops import batches, num_batches
 from .base import Attack, AttackResult, check_eps, check_positive, register_attack
-from .gue import PerturbationGenerator
+from .gue import PerturbationGenerator, generator_poisons
 from .losses import mi_loss
-from .pgd import project
 from .source import SourceRun
 
 
@@ -128,15 +127,7 @@ class MIUEGen(Attack):
                                     "mi_loss": round(mi_m, 5), "seconds": run.seconds()})
                 pb.set_postfix(acc=f"{acc:.3f}", mi=f"{mi_m:.3f}")
                 run.save(epoch + 1, generator=net.state_dict(), opt_generator=opt_gen.state_dict())
-        return AttackResult(delta=self._poisons(net, data, cfg), info=run.info())
+        delta = generator_poisons(net, data, eps=cfg.eps, label_input=cfg.label_input,
+                                  channels_last=cfg.channels_last, chunk=512)
+        return AttackResult(delta=delta, info=run.info())
 
-    @torch.no_grad()
-    def _poisons(self, net, data, cfg) -> torch.Tensor:
-        """The trained generator's perturbation of every training image (eval mode), on the CPU."""
-        net.eval()
-        out = torch.empty(data.x.shape, dtype=torch.float32)
-        for idx in batches(len(data), 512, None, data.x.device):
-            x, y = data.batch(idx)
-            d = cfg.eps * net(to_model_input(x, cfg.channels_last), y if cfg.label_input else None)
-            out[idx.cpu()] = project(x, d.float(), cfg.eps).cpu()
-        return out
