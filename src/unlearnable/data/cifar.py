@@ -41,13 +41,25 @@ def _numpy_reconstruct():
     return _reconstruct
 
 
+def _latin1_encode(text, encoding="latin1", errors="strict"):
+    """``codecs.encode`` for the one encoding a protocol-2 pickle of bytes uses."""
+    if codecs.lookup(encoding).name != "iso8859-1":
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not allowed in a CIFAR batch")
+    return codecs.encode(text, "latin1", errors)
+
+
+#: The files of each layout that are read; nothing else in the folder is (a stray
+#: ``data_batch_6`` or ``data_batch_1.bak`` is ignored).
+CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+
+
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
     ("numpy", "ndarray"): lambda: np.ndarray,
     ("numpy", "dtype"): lambda: np.dtype,
     # Python 3 writes bytes in protocol-2 pickles as _codecs.encode(str, "latin1").
-    ("_codecs", "encode"): lambda: codecs.encode,
+    ("_codecs", "encode"): lambda: _latin1_encode,
 }
 
 
@@ -64,14 +76,16 @@ class RestrictedUnpickler(pickle.Unpickler):
 def restricted_load(path: Path) -> dict:
     try:
         data = path.read_bytes()
-        obj = RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
-        raise UnlearnableError(f"{path}: not a valid CIFAR pickle ({e})") from None
     except OSError as e:
         raise UnlearnableError(f"cannot read {path}: {e}") from None
+    try:
+        obj = RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except Exception as e:  # noqa: BLE001 - nothing but the admitted globals runs: any error means a bad file
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnlearnableError(f"{path}: not a valid CIFAR pickle ({reason})") from None
     if not isinstance(obj, dict):
         raise UnlearnableError(f"{path}: CIFAR pickle must hold a dict, found {type(obj).__name__}")
-    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
+    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
 
 def _images(path: Path, batch: dict) -> np.ndarray:
@@ -108,7 +122,8 @@ def load_cifar(root: str | os.PathLike) -> DataSplits:
     """Load a CIFAR-10 (data_batch_1..5, test_batch, batches.meta) or CIFAR-100 (train, test, meta) folder."""
     root = Path(root)
     if (root / "data_batch_1").is_file():
-        batches = sorted(root.glob("data_batch_*"), key=lambda p: int(p.name.rsplit("_", 1)[1]))
+        # Only the official names, in order: other files (data_batch_6, data_batch_1.bak) are not read.
+        batches = [root / n for n in CIFAR10_TRAIN if (root / n).is_file()]
         names = _names(root / "batches.meta", restricted_load(root / "batches.meta"), "label_names") \
             if (root / "batches.meta").is_file() else [str(i) for i in range(10)]
         label_key, name = "labels", "cifar10"
@@ -126,11 +141,17 @@ def load_cifar(root: str | os.PathLike) -> DataSplits:
         for p in paths:
             b = restricted_load(p)
             x = _images(p, b)
+            y = _labels(p, b, label_key, len(x))
+            if y.size and (y.min() < 0 or y.max() >= len(names)):
+                raise UnlearnableError(f"{p}: '{label_key}' out of range 0..{len(names) - 1}: "
+                                       f"found {int(y.min())}..{int(y.max())}")
             xs.append(x)
-            ys.append(_labels(p, b, label_key, len(x)))
+            ys.append(y)
         return np.concatenate(xs), np.concatenate(ys)
 
     x_tr, y_tr = read(batches)
+    if len(x_tr) == 0:
+        raise UnlearnableError(f"{root}: no training images in {', '.join(p.name for p in batches)}")
     train = ImageDataset(x_tr, y_tr, names, source=f"{name}:{root}:train")
     test = None
     if test_path.is_file():

@@ -25,7 +25,6 @@ import os
 import platform
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +34,11 @@ import torch
 from PIL import Image
 
 from ..errors import UnlearnableError
-from ..fsutil import load_npz, prepare_output_dir, replace_dir, save_npz, write_json
+from ..fsutil import make_temp_dir, prepare_output_dir, replace_dir, save_npz, write_json
 from ..progress import bar
 from .dataset import ImageDataset
+from .imagefolder import open_image, to_uint8_array
+from .npz import read_npz
 
 FORMAT_VERSION = 1
 
@@ -129,8 +130,7 @@ def write_poisoned(out: str | os.PathLike, clean: ImageDataset, poisoned_images:
         selection = _check_selection(np.asarray(protected), dict(selection or {}), clean, delta)
 
     t0 = time.time()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out.parent))
+    tmp = make_temp_dir(out)
     try:
         folders = [_safe_folder(i, n) for i, n in enumerate(clean.class_names)]
         for f in folders:
@@ -189,14 +189,102 @@ def _check_selection(protected: np.ndarray, selection: dict, clean: ImageDataset
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
-    """The manifest of a protected dataset directory (no images read)."""
+    """The manifest of a protected dataset directory (no images read), checked for the keys
+    and types that reading relies on (see :func:`check_manifest`)."""
     path = Path(path)
     if not is_poisoned_dir(path):
         raise UnlearnableError(f"{path}: not a protected dataset (no manifest.json / perturbation.npz)")
+    where = path / "manifest.json"
     try:
-        return json.loads((path / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UnlearnableError(f"{path}/manifest.json: {e}") from None
+        manifest = json.loads(where.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: JSON syntax, bad UTF-8
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnlearnableError(f"{where}: not readable JSON ({reason})") from None
+    return check_manifest(manifest, where)
+
+
+def _kind(v) -> str:
+    return "null" if v is None else type(v).__name__
+
+
+def _is_int(v) -> bool:
+    return type(v) is int  # bool is not a count
+
+
+def _is_number(v) -> bool:
+    return type(v) in (int, float) and np.isfinite(v)
+
+
+def _safe_component(name) -> bool:
+    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\x00")
+
+
+def check_manifest(m, where) -> dict:
+    """``m`` if it is a manifest this version can read, else an :class:`UnlearnableError`
+    naming ``where`` and the first problem: ``format`` and ``format_version``; ``class_names``
+    (non-empty list of strings) and ``class_folders`` (as many plain folder names);
+    ``image_shape`` [H, W, 1 or 3]; ``eps_255`` and ``linf_255`` (0..255); ``counts`` with
+    ``train`` (positive) and ``test``; ``norm`` with ``l0_pixels`` for L0; and a
+    ``selection``, when present, with integer ``perturbed_indices``."""
+    def bad(msg):
+        raise UnlearnableError(f"{where}: {msg}")
+
+    def need(key):
+        if key not in m:
+            bad(f"missing '{key}'")
+        return m[key]
+
+    if not isinstance(m, dict):
+        bad(f"must hold a JSON object, found {_kind(m)}")
+    if need("format") != "unlearnable-poisoned":
+        bad(f"'format' is {m['format']!r}, expected 'unlearnable-poisoned'")
+    version = need("format_version")
+    if not _is_int(version) or not 1 <= version <= FORMAT_VERSION:
+        bad(f"unsupported format_version {version!r} (this version reads 1..{FORMAT_VERSION})")
+    names = need("class_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        bad(f"'class_names' must be a non-empty list of strings, found {_kind(names)}")
+    folders = need("class_folders")
+    if not isinstance(folders, list) or len(folders) != len(names) or not all(map(_safe_component, folders)):
+        bad(f"'class_folders' must be a list of {len(names)} plain folder names (one per class name)")
+    shape = need("image_shape")
+    if (not isinstance(shape, list) or len(shape) != 3 or not all(_is_int(v) and v > 0 for v in shape)
+            or shape[2] not in (1, 3)):
+        bad(f"'image_shape' must be [height, width, 1 or 3], found {shape!r}")
+    for key in ("eps_255", "linf_255"):
+        v = need(key)
+        if not _is_number(v) or not 0 <= v <= 255 or (key == "linf_255" and not _is_int(v)):
+            bad(f"'{key}' must be a{'n integer' if key == 'linf_255' else ' number'} in 0..255, found {v!r}")
+    norm = m.get("norm", "linf")
+    if norm not in ("linf", "l0"):
+        bad(f"'norm' must be 'linf' or 'l0', found {norm!r}")
+    if norm == "l0" and not (_is_int(m.get("l0_pixels")) and m["l0_pixels"] >= 1):
+        bad(f"norm 'l0' needs a positive integer 'l0_pixels', found {m.get('l0_pixels')!r}")
+    counts = need("counts")
+    if not isinstance(counts, dict):
+        bad(f"'counts' must be an object, found {_kind(counts)}")
+    for key in ("train", "test"):
+        v = counts.get(key)
+        if not _is_int(v) or v < 0:
+            bad(f"'counts' needs a non-negative integer '{key}', found {v!r}")
+    if counts["train"] == 0:
+        bad("no training images (counts.train is 0)")
+    if "source" in m and not isinstance(m["source"], str):
+        bad(f"'source' must be a string, found {_kind(m['source'])}")
+    sel = m.get("selection")
+    if sel:
+        if not isinstance(sel, dict):
+            bad(f"'selection' must be an object, found {_kind(sel)}")
+        rows = sel.get("perturbed_indices")
+        if not isinstance(rows, list) or not all(_is_int(v) for v in rows):
+            bad(f"'selection' needs 'perturbed_indices', a list of integers, found {_kind(rows)}")
+        if rows and (min(rows) < 0 or max(rows) >= counts["train"]):
+            bad(f"selection: perturbed_indices out of range 0..{counts['train'] - 1}")
+        classes = sel.get("protected_classes")
+        if classes is not None and (not isinstance(classes, list)
+                                    or not all(_is_int(c) and 0 <= c < len(names) for c in classes)):
+            bad(f"selection: 'protected_classes' must be a list of class indices 0..{len(names) - 1}")
+    return m
 
 
 def selection_mask(manifest: dict, n: int) -> np.ndarray:
@@ -205,7 +293,10 @@ def selection_mask(manifest: dict, n: int) -> np.ndarray:
     sel = manifest.get("selection")
     mask = np.zeros(n, bool) if sel else np.ones(n, bool)
     if sel:
-        rows = np.asarray(sel.get("perturbed_indices", []), dtype=np.int64)
+        raw = sel.get("perturbed_indices", []) if isinstance(sel, dict) else None
+        if not isinstance(raw, list) or not all(type(v) is int for v in raw):
+            raise UnlearnableError("manifest selection: perturbed_indices must be a list of integers")
+        rows = np.asarray(raw, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= n):
             raise UnlearnableError(f"manifest selection: perturbed_indices out of range 0..{n - 1}")
         mask[rows] = True
@@ -238,45 +329,86 @@ def is_poisoned_dir(path: Path) -> bool:
     return (Path(path) / "manifest.json").is_file() and (Path(path) / "perturbation.npz").is_file()
 
 
+def _labels_array(where: Path, key: str, y: np.ndarray, n: int, n_classes: int) -> np.ndarray:
+    if y.dtype.kind not in "iu" or y.shape != (n,):
+        raise UnlearnableError(f"{where}: '{key}' must be {n} integer labels, found {y.dtype} {y.shape}")
+    if n and (y.min() < 0 or y.max() >= n_classes):
+        raise UnlearnableError(f"{where}: '{key}' out of range 0..{n_classes - 1}: found {int(y.min())}..{int(y.max())}")
+    return y.astype(np.int64)
+
+
+def _read_png(p: Path, mode: str) -> np.ndarray:
+    try:
+        with open_image(p) as im:
+            return to_uint8_array(im, mode)
+    except UnlearnableError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise UnlearnableError(f"cannot read image {p}: {e}") from None
+
+
 def read_poisoned(path: str | os.PathLike) -> PoisonedDataset:
-    """Read a directory written by :func:`write_poisoned`, checking it against its manifest."""
+    """Read a directory written by :func:`write_poisoned`, checking it against its manifest.
+
+    Every problem (a manifest missing a key, a truncated or object-array npz, arrays of
+    the wrong shape or dtype, a PNG that does not match) is an :class:`UnlearnableError`
+    naming the file; nothing is unpickled."""
     path = Path(path)
     manifest = read_manifest(path)
-    arrays = load_npz(path / "perturbation.npz")
-    delta, labels = arrays["delta"], arrays["labels"]
     names, folders = manifest["class_names"], manifest["class_folders"]
-    mode = "L" if manifest["image_shape"][-1] == 1 else "RGB"
-    width = max(5, len(str(len(labels))))
-    imgs = np.empty(delta.shape, dtype=np.uint8)
-    for i in bar(range(len(labels)), desc="read PNGs", unit="img"):
-        p = path / "train" / folders[labels[i]] / f"{i:0{width}d}.png"
-        try:
-            with Image.open(p) as im:
-                a = np.asarray(im.convert(mode), dtype=np.uint8)
-        except (OSError, SyntaxError, ValueError) as e:
-            raise UnlearnableError(f"cannot read image {p}: {e}") from None
-        if a.shape[:2] != delta.shape[1:3]:
-            raise UnlearnableError(f"{p}: size {a.shape[:2]} differs from the manifest's {delta.shape[1:3]}")
-        imgs[i] = a.reshape(delta.shape[1:])
-    clean = imgs.astype(np.int16) - delta
-    if clean.min() < 0 or clean.max() > 255:
-        raise UnlearnableError(f"{path}: PNGs and perturbation.npz do not match (clean values out of range)")
-    linf = int(np.abs(delta).max()) if delta.size else 0
-    if linf != manifest.get("linf_255"):
-        raise UnlearnableError(f"{path}: perturbation L-inf {linf} differs from the manifest's {manifest.get('linf_255')}")
+    n, shape = manifest["counts"]["train"], tuple(manifest["image_shape"])
+    pert = path / "perturbation.npz"
+    arrays = read_npz(pert)
+    for key in ("delta", "labels"):
+        if key not in arrays:
+            raise UnlearnableError(f"{pert}: missing array '{key}' (have {sorted(arrays)})")
+    delta = arrays["delta"]
+    if delta.dtype != np.int16 or delta.shape != (n, *shape):
+        raise UnlearnableError(f"{pert}: 'delta' must be int16 of shape {(n, *shape)} (counts.train x image_shape "
+                               f"in the manifest), found {delta.dtype} {delta.shape}")
+    labels = _labels_array(pert, "labels", arrays["labels"], n, len(names))
+    indices = arrays.get("source_indices")
+    if indices is not None:
+        if indices.dtype.kind not in "iu" or indices.shape != (n,) or (n and indices.min() < 0):
+            raise UnlearnableError(f"{pert}: 'source_indices' must be {n} non-negative integers, found "
+                                   f"{indices.dtype} {indices.shape}")
+        indices = indices.astype(np.int64)
+    linf = int(np.abs(delta.astype(np.int32)).max()) if delta.size else 0
+    if linf != manifest["linf_255"]:
+        raise UnlearnableError(f"{path}: perturbation L-inf {linf} differs from the manifest's {manifest['linf_255']}")
     if manifest.get("norm") == "l0" and delta.size and int(l0_counts(delta).max()) > manifest["l0_pixels"]:
         raise UnlearnableError(f"{path}: perturbation changes more pixels than the manifest's l0_pixels")
     if manifest.get("selection"):
-        outside = np.any(delta != 0, axis=(1, 2, 3)) & ~selection_mask(manifest, len(labels))
+        outside = np.any(delta != 0, axis=(1, 2, 3)) & ~selection_mask(manifest, n)
         if outside.any():
             raise UnlearnableError(f"{path}: image row {np.flatnonzero(outside)[0]} is perturbed but not in the "
                                    f"manifest's perturbed_indices")
+    mode = "L" if shape[-1] == 1 else "RGB"
+    width = max(5, len(str(n)))
+    imgs = np.empty(delta.shape, dtype=np.uint8)
+    for i in bar(range(n), desc="read PNGs", unit="img"):
+        p = path / "train" / folders[labels[i]] / f"{i:0{width}d}.png"
+        a = _read_png(p, mode)
+        if a.shape[:2] != shape[:2]:
+            raise UnlearnableError(f"{p}: size {a.shape[:2]} differs from the manifest's {shape[:2]}")
+        imgs[i] = a.reshape(shape)
+    clean = imgs.astype(np.int16) - delta
+    if clean.min() < 0 or clean.max() > 255:
+        raise UnlearnableError(f"{path}: PNGs and perturbation.npz do not match (clean values out of range)")
     src = manifest.get("source", str(path))
-    indices = arrays.get("source_indices")
     clean_ds = ImageDataset(clean.astype(np.uint8), labels, names, source=src, indices=indices)
     poisoned_ds = ImageDataset(imgs, labels, names, source=f"poisoned:{path}", indices=indices)
     test = None
-    if (path / "test.npz").is_file():
-        t = load_npz(path / "test.npz")
-        test = ImageDataset(t["x_test"], t["y_test"], names, source=f"{src}:test")
+    test_path = path / "test.npz"
+    if test_path.is_file():
+        t = read_npz(test_path)
+        for key in ("x_test", "y_test"):
+            if key not in t:
+                raise UnlearnableError(f"{test_path}: missing array '{key}' (have {sorted(t)})")
+        x_test = t["x_test"]
+        if x_test.dtype != np.uint8 or x_test.ndim != 4 or x_test.shape[1:] != shape:
+            raise UnlearnableError(f"{test_path}: 'x_test' must be uint8 of shape (N, {', '.join(map(str, shape))}), "
+                                   f"found {x_test.dtype} {x_test.shape}")
+        y_test = _labels_array(test_path, "y_test", t["y_test"], len(x_test), len(names))
+        test = ImageDataset(x_test, y_test, names, source=f"{src}:test")
     return PoisonedDataset(clean_ds, poisoned_ds, delta, test, manifest, path)

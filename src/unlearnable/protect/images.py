@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..data.imagefolder import ImageTooLarge, grey16_to_uint8, open_image
+
 # Pillow formats that it registers but cannot decode into a picture without extra
 # handlers, or that are not pictures (video): such files are ignored, not reported.
 _NOT_PICTURES = {"MPEG", "BUFR", "GRIB", "HDF5", "WMF"}
@@ -77,16 +79,19 @@ class LoadedImage:
 def identify(path: str | os.PathLike) -> bool:
     """Whether Pillow recognises the file from its header (cheap: nothing is decoded)."""
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             return im.format not in _NOT_PICTURES
+    except ImageTooLarge:  # a picture, refused with its reason when it is loaded
+        return True
     except Exception:  # noqa: BLE001 - any failure means "not an image we know"
         return False
 
 
 def load_image(path: str | os.PathLike) -> LoadedImage:
-    """Decode ``path`` completely, apply EXIF orientation and split it per the mode table."""
+    """Decode ``path`` completely, apply EXIF orientation and split it per the mode table.
+    An image over Pillow's ``MAX_IMAGE_PIXELS`` is refused: "image too large (N pixels, limit M)"."""
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             im.load()
             mode = im.mode
             icc = im.info.get("icc_profile") if mode in _KEEP_ICC else None
@@ -94,6 +99,8 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
             pixels, alpha, out_mode = _split(im)
     except UnreadableImage:
         raise
+    except ImageTooLarge as e:
+        raise UnreadableImage(e.reason) from None
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 - Pillow raises many types for bad files
@@ -118,11 +125,11 @@ def _split(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None, str]:
     if mode == "1":
         return np.asarray(im.convert("L"), dtype=np.uint8)[..., None], None, "L"
     if mode.startswith("I;16") or mode == "I":
-        v = np.asarray(im).astype(np.int64)
-        if v.size and (v.min() < 0 or v.max() > 65535):
-            raise UnreadableImage(f"unsupported mode {mode} with values outside 0..65535")
-        # 16-bit grey to 8-bit: the nearest 8-bit level (65535 / 255 = 257).
-        return ((v * 2 + 257) // 514).astype(np.uint8)[..., None], None, "L"
+        # 16-bit grey to 8-bit: the nearest 8-bit level round(v / 257), shared with the data loaders.
+        try:
+            return grey16_to_uint8(im)[..., None], None, "L"
+        except ValueError as e:
+            raise UnreadableImage(str(e)) from None
     if mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
         return np.asarray(im.convert("RGB"), dtype=np.uint8), None, "RGB"
     raise UnreadableImage(f"unsupported image mode {mode}")
