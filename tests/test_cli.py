@@ -15,7 +15,10 @@ FAST = ["--epochs", "1", "--steps", "1", "--batch-size", "64", "--device", "cpu"
 
 
 def run(capsys, *argv):
-    code = main(["-q", *argv])
+    try:
+        code = main(["-q", *argv])
+    except SystemExit as e:  # a flag refused by the parser
+        code = e.code
     err = capsys.readouterr().err
     return code, err
 
@@ -59,11 +62,12 @@ def test_mismatched_image_sizes(capsys, tmp_path):
 
 
 def test_idx_bad_header(capsys, tmp_path, monkeypatch):
+    (tmp_path / "fm").mkdir()
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                  "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
-        with gzip.open(tmp_path / name, "wb") as f:
+        with gzip.open(tmp_path / "fm" / name, "wb") as f:
             f.write(struct.pack(">I", 0x12345678) + b"\0" * 64)
-    code, err = poison(capsys, f"fashion-mnist:{tmp_path}", tmp_path / "out")
+    code, err = poison(capsys, f"fashion-mnist:{tmp_path / 'fm'}", tmp_path / "out")
     assert_one_line_error(code, err, "bad idx header")
 
 
@@ -86,7 +90,7 @@ def test_labels_out_of_range(capsys, tmp_path):
 @pytest.mark.parametrize("eps", ["0", "-2", "300"])
 def test_eps_out_of_range(capsys, tiny_npz, tmp_path, eps):
     code, err = poison(capsys, tiny_npz, tmp_path / "out", "--eps", eps)
-    assert_one_line_error(code, err, "eps must be in (0, 1]")
+    assert_one_line_error(code, err, "--eps", "must be in (0, 255] (1/255 units)")
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
@@ -94,7 +98,7 @@ def test_output_not_empty(capsys, tiny_npz, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "mine.txt").write_text("keep me")
     code, err = poison(capsys, tiny_npz, tmp_path / "out")
-    assert_one_line_error(code, err, "not empty", "--overwrite")
+    assert_one_line_error(code, err, "not empty", "not written by unlearnable")
     assert (tmp_path / "out" / "mine.txt").read_text() == "keep me"
 
 

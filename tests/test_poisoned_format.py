@@ -79,8 +79,14 @@ def test_writer_refuses_non_empty_dir(tmp_path):
     (tmp_path / "out" / "keep.txt").write_text("x")
     with pytest.raises(UnlearnableError, match="not empty"):
         write_poisoned(tmp_path / "out", ds, ds.images.copy(), eps=8 / 255, method="unit")
-    write_poisoned(tmp_path / "out", ds, ds.images.copy(), eps=8 / 255, method="unit", overwrite=True)
-    assert not (tmp_path / "out" / "keep.txt").exists()
+    with pytest.raises(UnlearnableError, match="not written by unlearnable"):  # not ours: never replaced
+        write_poisoned(tmp_path / "out", ds, ds.images.copy(), eps=8 / 255, method="unit", overwrite=True)
+    assert (tmp_path / "out" / "keep.txt").read_text() == "x"
+    write_poisoned(tmp_path / "mine", ds, ds.images.copy(), eps=8 / 255, method="unit")
+    with pytest.raises(UnlearnableError, match="already holds a protected dataset"):
+        write_poisoned(tmp_path / "mine", ds, ds.images.copy(), eps=8 / 255, method="unit")
+    write_poisoned(tmp_path / "mine", ds, ds.images.copy(), eps=8 / 255, method="again", overwrite=True)
+    assert json.loads((tmp_path / "mine" / "manifest.json").read_text())["method"] == "again"
 
 
 def test_reader_detects_tampering(tmp_path):

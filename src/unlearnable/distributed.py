@@ -354,7 +354,7 @@ def _init_from_env() -> torch.device:
 def _cmd_poison(args, device) -> None:
     from .attacks import get_attack
     from .cli import _attack_overrides
-    from .data import load_dataset
+    from .data import load_dataset, spec_path
     from .fsutil import prepare_output_dir
     from .poison import partial_dir, poison_dataset
     if args.method not in ("mi-ue",):
@@ -364,7 +364,7 @@ def _cmd_poison(args, device) -> None:
     ok = torch.ones(1, device=device)
     if rank == 0:
         try:  # fail on every rank, not only on rank 0, when the output cannot be written
-            prepare_output_dir(args.out, args.overwrite)
+            prepare_output_dir(args.out, args.overwrite, inputs=[spec_path(args.data)])
             get_attack(args.method).from_preset(args.preset, **overrides)
         except UnlearnableError:
             ok.zero_()
@@ -387,7 +387,7 @@ def _cmd_poison(args, device) -> None:
 
 
 def _cmd_train(args, device) -> None:
-    from .data import load_dataset
+    from .data import load_dataset, spec_path
     from .fsutil import prepare_output_dir, write_json
     from .models.checkpoint import save_model
     from .train import victim_preset
@@ -395,7 +395,7 @@ def _cmd_train(args, device) -> None:
     cfg = victim_preset(args.preset, model=args.model, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                         augment=args.augment, device=str(device))
     if rank == 0:
-        prepare_output_dir(args.out, args.overwrite)
+        prepare_output_dir(args.out, args.overwrite, inputs=[spec_path(args.data)])
     splits = load_dataset(args.data)
     from .train.ddp import train_victim_ddp
     res = train_victim_ddp(splits.train, splits.test, cfg, seed=args.seed)
@@ -410,7 +410,7 @@ def _cmd_train(args, device) -> None:
 
 
 def main(argv=None) -> int:
-    from .cli import _add_attack_flags, _Parser, _positive_int
+    from .cli import _add_attack_flags, _Parser, _positive_int, _positive_number, _seed, guarded
     p = _Parser(prog="python -m unlearnable.distributed", description="DDP generation and victim training "
                 "(run under torchrun --nproc_per_node=N)")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -419,7 +419,7 @@ def main(argv=None) -> int:
     q.add_argument("--data", required=True)
     q.add_argument("--out", required=True)
     q.add_argument("--subset", type=_positive_int)
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=_seed, default=0)
     q.add_argument("--resume", action="store_true")
     q.add_argument("--overwrite", action="store_true")
     _add_attack_flags(q)
@@ -428,23 +428,20 @@ def main(argv=None) -> int:
     t.add_argument("--model", default="cnn")
     t.add_argument("--preset", default="cpu")
     t.add_argument("--epochs", type=_positive_int)
-    t.add_argument("--lr", type=float)
+    t.add_argument("--lr", type=_positive_number)
     t.add_argument("--batch-size", type=_positive_int)
     t.add_argument("--augment")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=_seed, default=0)
     t.add_argument("--out", required=True)
     t.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
     device = _init_from_env()
     try:
-        (_cmd_poison if args.command == "poison" else _cmd_train)(args, device)
-    except UnlearnableError as e:
-        sys.stderr.write(f"unlearnable: error: rank {world()[0]}: {e}\n")
-        return 2
+        return guarded(lambda: (_cmd_poison if args.command == "poison" else _cmd_train)(args, device),
+                       where=f"rank {world()[0]}: ")
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    return 0
 
 
 if __name__ == "__main__":

@@ -7,3 +7,18 @@ catch it. Its message names the problem (and the offending path or value).
 
 class UnlearnableError(Exception):
     """Bad input or an impossible request; the message is shown to the user as is."""
+
+
+def check_finite_fields(owner: str, config) -> None:
+    """Refuse a dataclass ``config`` with a float field that is NaN or infinite.
+
+    A NaN learning rate or budget passes every ``<`` / ``>`` range check (all comparisons
+    with NaN are false), so it is refused here, once, for every config.
+    """
+    import dataclasses
+    import math
+
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UnlearnableError(f"{owner}: {f.name} must be a finite number, got {value}")

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from .attacks import get_attack
-from .data import load_dataset, quantize, write_poisoned
+from .data import load_dataset, quantize, spec_path, write_poisoned
 from .data.dataset import DataSplits
 from .errors import UnlearnableError
-from .fsutil import prepare_output_dir
+from .fsutil import check_apart, exclusive_lock, prepare_output_dir, remove_stale_temp_dirs
 from .progress import log
 
 # Seeds the selection stream as default_rng([seed, SELECTION_STREAM]): independent of the
@@ -127,18 +127,25 @@ def poison_dataset(method: str, data: str | DataSplits, out: str | Path, *, subs
     ``selection`` records them and the protected rows.
     """
     out = Path(out)
+    check_seed(seed)
     if ratio is not None:
         check_ratio(ratio)
     attack = get_attack(method).from_preset(preset, **(overrides or {}))
-    prepare_output_dir(out, overwrite)
+    prepare_output_dir(out, overwrite, inputs=[spec_path(data)])
     work = partial_dir(out)
+    check_apart(work, [spec_path(data)])
     if work.exists() and not resume:
         if not overwrite:
             raise UnlearnableError(f"an unfinished run exists in {work}; pass --resume to continue it "
                                    f"or --overwrite to start again")
-        shutil.rmtree(work)
+        if not is_partial_dir(work):
+            raise UnlearnableError(f"{work} is not an unfinished run of this tool; refusing to remove it")
+    # Everything that can be refused is checked above; the data is read before anything is
+    # created, so a bad data spec leaves nothing behind either.
     splits = load_dataset(data) if not isinstance(data, DataSplits) else data
     train = splits.train.stratified_subset(subset, seed) if subset else splits.train
+    if len(train) == 0:
+        raise UnlearnableError(f"{splits.name}: no training images to protect")
     protected, selection = None, None
     if classes is not None or ratio is not None:
         class_ids = parse_classes(classes, train.class_names) if classes is not None else None
@@ -150,22 +157,70 @@ def poison_dataset(method: str, data: str | DataSplits, out: str | Path, *, subs
             + (f" (classes {', '.join(train.class_names[c] for c in class_ids)})" if class_ids else "")
             + (f" (ratio {ratio})" if ratio is not None else ""))
     log(f"{method}: {len(train)} training images {train.images.shape[1:]} from {splits.name}")
+    if work.exists() and not resume:
+        shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    result = attack.generate(train, seed=seed, workdir=work, resume=resume)
-    gen_s = time.time() - t0
-    eps = attack.config.eps
-    delta = result.delta
-    if protected is not None:  # the attack saw every image; only the selection keeps its perturbation
-        delta = delta.clone()
-        delta[torch.from_numpy(~protected)] = 0
-    poisoned = quantize(train.images, delta, eps)
-    manifest = write_poisoned(
-        out, train, poisoned, eps=eps, method=method, test=splits.test, overwrite=overwrite,
-        l0_pixels=attack.l0_pixels(), protected=protected, selection=selection,
-        manifest_extra={"seed": seed, "preset": preset, "config": result.info.get("config", {}),
-                        "history": result.info.get("history", []), "data": str(splits.name),
-                        "subset": subset, "timings": {"generate_s": round(gen_s, 2)},
-                        "resumed_from_epoch": result.info.get("resumed_from_epoch", 0)})
-    shutil.rmtree(work, ignore_errors=True)
+    with exclusive_lock(work / LOCK_NAME, busy=f"another run is writing {out} (its lock is held); "
+                                                  f"wait for it or choose another output"):
+        t0 = time.time()
+        try:
+            result = attack.generate(train, seed=seed, workdir=work, resume=resume)
+            check_generation(result, method)
+        except GenerationDiverged:
+            shutil.rmtree(work, ignore_errors=True)  # its checkpoint would only diverge again
+            raise
+        gen_s = time.time() - t0
+        eps = attack.config.eps
+        delta = result.delta
+        if protected is not None:  # the attack saw every image; only the selection keeps its perturbation
+            delta = delta.clone()
+            delta[torch.from_numpy(~protected)] = 0
+        poisoned = quantize(train.images, delta, eps)
+        selected = np.ones(len(train), bool) if protected is None else protected
+        if not np.any(poisoned[selected] != train.images[selected]):
+            shutil.rmtree(work, ignore_errors=True)
+            raise UnlearnableError(f"{method}: the perturbation rounds to zero on every selected image; "
+                                   f"nothing written (is the budget below 0.5/255, or the step size zero?)")
+        remove_stale_temp_dirs(out)  # left by a run killed while writing; this run holds the output
+        manifest = write_poisoned(
+            out, train, poisoned, eps=eps, method=method, test=splits.test, overwrite=overwrite,
+            l0_pixels=attack.l0_pixels(), protected=protected, selection=selection,
+            manifest_extra={"seed": seed, "preset": preset, "config": result.info.get("config", {}),
+                            "history": result.info.get("history", []), "data": str(splits.name),
+                            "subset": subset, "timings": {"generate_s": round(gen_s, 2)},
+                            "resumed_from_epoch": result.info.get("resumed_from_epoch", 0)})
+        shutil.rmtree(work, ignore_errors=True)
     return manifest
+
+
+LOCK_NAME = ".lock"
+
+
+def is_partial_dir(work: Path) -> bool:
+    """True when ``work`` holds nothing but a generation checkpoint (and its temporary
+    files and lock): the only kind of ``OUT.partial`` that ``overwrite`` may remove."""
+    return work.is_dir() and not work.is_symlink() and all(
+        p.name in ("checkpoint.pt", LOCK_NAME) or (p.name.startswith(".checkpoint.pt.") and p.name.endswith(".tmp"))
+        for p in work.iterdir())
+
+
+def check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UnlearnableError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+class GenerationDiverged(UnlearnableError):
+    """The attack's loss or perturbation became NaN or infinite."""
+
+
+def check_generation(result, method: str) -> None:
+    """Refuse a generation whose perturbation or recorded losses are not finite numbers."""
+    if not bool(torch.isfinite(result.delta).all()):
+        raise GenerationDiverged(f"{method}: the perturbation became NaN or infinite (the generation diverged; "
+                                 f"try a smaller learning rate or step size); nothing written")
+    for i, entry in enumerate(result.info.get("history", [])):
+        for key, value in (entry.items() if isinstance(entry, dict) else ()):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise GenerationDiverged(f"{method}: {key} became {value} at history entry {i + 1} (the "
+                                         f"generation diverged; try a smaller learning rate); nothing written")

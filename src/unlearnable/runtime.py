@@ -18,9 +18,14 @@ def resolve_device(name: str | None = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UnlearnableError(f"device {name!r} requested but CUDA is not available")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise UnlearnableError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UnlearnableError(f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if device.type not in ("cpu", "cuda"):
+        raise UnlearnableError(f"unsupported device {name!r}; use cpu, cuda, cuda:N or auto")
+    return device
 
 
 def seed_everything(seed: int) -> None:

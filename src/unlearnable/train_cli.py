@@ -17,12 +17,12 @@ import hashlib
 import json
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UnlearnableError
+from .models import check_model_name
 
 
 # -- cells -------------------------------------------------------------------------------
@@ -45,14 +45,6 @@ class Cell:
     @property
     def slug(self) -> str:
         return re.sub(r"[^A-Za-z0-9._+=-]+", "_", self.label.replace(":", "__").replace(",", "+"))
-
-
-def check_model_name(name: str) -> str:
-    from .models import model_names
-    key = name.lower().replace("_", "-").replace(" ", "")
-    if key not in model_names():
-        raise UnlearnableError(f"unknown model {name!r}; choose from {', '.join(model_names())}")
-    return key
 
 
 def canonical_defenses(spec: str | None) -> str:
@@ -140,9 +132,10 @@ def _at_options(args, protocol: str) -> dict:
 
 def cmd_train(args):
     from .data import load_dataset
-    from .fsutil import prepare_output_dir, replace_dir, write_json
+    from .data import spec_path
+    from .fsutil import make_temp_dir, prepare_output_dir, replace_dir, write_json
     from .models.checkpoint import save_model
-    out = prepare_output_dir(args.out, args.overwrite)
+    out = prepare_output_dir(args.out, args.overwrite, inputs=[spec_path(args.data)])
     protocol, parsed = parse_protocol(args.protocol)
     options = {**dict(parsed), **_at_options(args, protocol)}
     model = check_model_name(args.model)
@@ -153,8 +146,7 @@ def cmd_train(args):
                                   defenses=defenses, preset=args.preset, seed=args.seed, overrides=_overrides(args))
     from .train.per_class import protection_metrics
     per_class = protection_metrics(res.model, splits.test, args.data, bf16=cfg.bf16, channels_last=cfg.channels_last)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out.parent))
+    tmp = make_temp_dir(out)
     try:
         save_model(res.model, tmp, name=cfg.model, in_channels=train.channels, num_classes=train.num_classes,
                    image_size=train.image_size[0])
@@ -216,16 +208,38 @@ def load_sources(data: str, clean: str | None, subset: int | None, seed: int) ->
     return sources
 
 
+def _read_cell_result(path: Path) -> dict:
+    """A cell's cached metrics.json, or a one-line error when it is damaged."""
+    try:
+        prev = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UnlearnableError(f"cannot read the cached result {path}: {e}; delete it (or pass --overwrite) "
+                               f"to recompute") from None
+    if not isinstance(prev, dict) or not isinstance(prev.get("summary"), dict) \
+            or not isinstance(prev["summary"].get("test_acc"), (int, float)):
+        raise UnlearnableError(f"the cached result {path} is not a cell result (no summary.test_acc); delete it "
+                               f"(or pass --overwrite) to recompute")
+    return prev
+
+
 def run_evaluate(out, *, data: str, cells: list[Cell], clean: str | None = None, subset: int | None = None,
                  preset: str | None = None, seed: int = 0, overrides: dict | None = None,
                  overwrite: bool = False) -> dict:
     """Train every cell on every source; skip cells whose result file already exists."""
-    from .fsutil import write_json
+    from .data import spec_path
+    from .fsutil import check_apart, check_output_parent, is_empty_dir, tool_output_kind, write_json
+    from .poison import check_seed
     from .progress import log
     t0 = time.time()
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UnlearnableError(f"output path exists and is not a directory: {out}")
+    check_seed(seed)
+    check_apart(out, [spec_path(data), spec_path(clean or None)])
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise UnlearnableError(f"output {out} exists and is not a folder")
+    if out.is_dir() and not is_empty_dir(out) and tool_output_kind(out) is None and not (out / "cells").is_dir():
+        raise UnlearnableError(f"output folder {out} is not empty and is not an evaluation written by unlearnable; "
+                               f"choose another")
+    check_output_parent(out)
     overrides = dict(overrides or {})
     sources = load_sources(data, clean, subset, seed)
     rows = []
@@ -240,7 +254,7 @@ def run_evaluate(out, *, data: str, cells: list[Cell], clean: str | None = None,
             settings = {"cell": cell.label, "data_fingerprint": src.fingerprint, "seed": seed, "preset": preset,
                         "overrides": overrides}
             if path.is_file() and not overwrite:
-                prev = json.loads(path.read_text())
+                prev = _read_cell_result(path)
                 if prev.get("settings") != settings:
                     raise UnlearnableError(f"{path}: made with other data or settings; use another --out, "
                                            f"or --overwrite to recompute")
@@ -308,12 +322,12 @@ def _victim_flags(p, common):
     p.add_argument("--preset", help=f"victim preset: {', '.join(sorted(VICTIM_PRESETS))}, or a family cpu|paper "
                    "(default cpu: 'cpu' for st, 'cpu-at' for at)")
     p.add_argument("--epochs", type=pos)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--lr", type=common["positive_number"])
     p.add_argument("--batch-size", type=pos)
     p.add_argument("--augment", help="none (cpu default), crop-flip (paper), crop, flip")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the model")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=common["seed"], default=0)
     p.add_argument("--subset", type=pos, help="class-balanced subset of the training images (plain data specs)")
     p.add_argument("--overwrite", action="store_true")
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 import torch
 
-from ..errors import UnlearnableError
+from ..errors import UnlearnableError, check_finite_fields
 from ..fsutil import atomic_path
 
 _ATTACKS: dict[str, type["Attack"]] = {}
@@ -54,9 +56,18 @@ class Attack:
         if unknown:
             raise UnlearnableError(f"{self.name}: unknown option(s) {sorted(unknown)}")
         self.config = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+        check_finite_fields(self.name, self.config)
         validate = getattr(self.config, "validate", None)
         if validate:
             validate()
+        # Refuse an unknown source model or an unavailable device now, before a caller
+        # creates anything, not when generation starts.
+        if isinstance(getattr(self.config, "model", None), str):
+            from ..models import check_model_name
+            check_model_name(self.config.model)
+        if isinstance(getattr(self.config, "device", None), str):
+            from ..runtime import resolve_device
+            resolve_device(self.config.device)
 
     @classmethod
     def from_preset(cls, preset: str, **overrides) -> "Attack":
@@ -88,7 +99,7 @@ def check_positive(owner: str, config, fields) -> None:
 
 def check_eps(eps: float) -> None:
     if not (0 < eps <= 1):
-        raise UnlearnableError(f"eps must be in (0, 1] (pixel units; 8/255 = 0.0314), got {eps}")
+        raise UnlearnableError(f"eps must be in (0, 255]/255, got {eps * 255:g}/255")
 
 
 class Checkpoint:
@@ -109,9 +120,16 @@ class Checkpoint:
 
     def load(self) -> dict:
         try:
-            return torch.load(self.path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about a foreign pickle protocol: the error says it
+                warnings.simplefilter("ignore")
+                return torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any failure means an unusable checkpoint
-            raise UnlearnableError(f"cannot read checkpoint {self.path}: {e}") from None
+            # torch's message runs to several lines and advises loading with weights_only=False,
+            # which would run code from the file: say what happened in one line instead.
+            why = ("it holds objects other than tensors and plain values, refused without unpickling"
+                   if isinstance(e, pickle.UnpicklingError) else "damaged or not a checkpoint")
+            raise UnlearnableError(f"cannot read checkpoint {self.path}: {why}; rerun without --resume "
+                                   f"(or with --overwrite) to start again") from None
 
     def load_matching(self, method: str, config: dict, seed: int, fingerprint: str, **more) -> dict:
         """Load, refusing a checkpoint of another method, config, seed, data or ``more`` (e.g. a block size):

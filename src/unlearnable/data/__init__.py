@@ -15,7 +15,18 @@ from .poisoned import PoisonedDataset, is_poisoned_dir, quantize, read_poisoned,
 
 __all__ = ["DataSplits", "ImageDataset", "PoisonedDataset", "load_dataset", "load_cifar",
            "load_fashion_mnist", "load_image_folder", "load_npz_dataset", "download_cifar",
-           "read_poisoned", "write_poisoned", "quantize"]
+           "read_poisoned", "write_poisoned", "quantize", "spec_path"]
+
+
+def spec_path(spec: str | os.PathLike | None) -> Path | None:
+    """The file or folder that the data spec ``spec`` reads (what an output must stay
+    apart from), or None for the embedded default in its system location."""
+    if spec is None or isinstance(spec, DataSplits):
+        return None
+    spec = str(spec)
+    if spec == "fashion-mnist":
+        return None
+    return Path(spec.split(":", 1)[1]) if spec.startswith("fashion-mnist:") else Path(spec)
 
 
 def load_dataset(spec: str | os.PathLike) -> DataSplits:

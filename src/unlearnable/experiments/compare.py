@@ -30,15 +30,15 @@ from pathlib import Path
 import numpy as np
 
 from ..attacks import attack_names, get_attack
-from ..data import load_dataset, read_poisoned
+from ..data import load_dataset, read_poisoned, spec_path
 from ..data.dataset import DataSplits
 from ..errors import UnlearnableError
-from ..fsutil import atomic_path, is_empty_dir, write_json
+from ..fsutil import atomic_path, check_apart, check_output_parent, is_empty_dir, tool_output_kind, write_json
 from ..measure import spearman
 from ..measure.gaps import G_DESCRIPTIONS, MIGapMeter, check_mi_model
 from ..measure.report import parse_estimators
 from ..models.checkpoint import load_model, save_model
-from ..poison import poison_dataset
+from ..poison import check_seed, poison_dataset
 from ..progress import log
 from ..train import best_epoch, train_victim, victim_preset
 
@@ -53,10 +53,15 @@ def default_methods() -> list[str]:
 
 
 def parse_methods(text: str | None) -> list[str]:
-    """A comma list of registered attack names (None or empty: all of them), duplicates dropped."""
-    if not text or not text.strip():
+    """A comma list of registered attack names (None: all of them), duplicates dropped.
+
+    A given list that names nothing (``""``, ``","``) or has an empty item is refused, not
+    read as "all": a typo must not start hours of work."""
+    if text is None:
         return default_methods()
-    names = [t.strip().lower() for t in text.split(",") if t.strip()]
+    names = [t.strip().lower() for t in text.split(",")]
+    if not any(names) or not all(names):
+        raise UnlearnableError(f"methods: expected a comma list of attack names, got {text!r}")
     for n in names:
         get_attack(n)  # one-line error naming the unknown method
     if "clean" in names:
@@ -74,14 +79,12 @@ def _read_json(path: Path) -> dict:
 def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:
     """Start ``out`` (new or ``overwrite``), or check that a rerun uses the same settings."""
     path = out / "settings.json"
-    if out.exists() and not out.is_dir():
-        raise UnlearnableError(f"output path exists and is not a directory: {out}")
+    if out.is_dir() and not is_empty_dir(out) and tool_output_kind(out) != "comparison":
+        raise UnlearnableError(f"output folder {out} is not empty and is not a comparison written by unlearnable "
+                               f"(no settings.json of a comparison); choose another")
     if out.exists() and overwrite:
         shutil.rmtree(out)
     if out.exists() and not is_empty_dir(out):
-        if not path.is_file():
-            raise UnlearnableError(f"{out} is not empty and is not a compare folder (no settings.json); "
-                                   f"choose another --out or pass --overwrite")
         old, new = _read_json(path), json.loads(json.dumps(settings))
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if diff:
@@ -109,14 +112,21 @@ def run_compare(out: str | Path, *, data: str = "fashion-mnist", methods: list[s
     out = Path(out)
     check_mi_model(mi_model)
     estimators = parse_estimators(",".join(estimators))
-    methods = parse_methods(",".join(methods)) if methods else default_methods()
+    check_seed(seed)
+    methods = parse_methods(",".join(methods)) if methods is not None else default_methods()
     vcfg = victim_preset(victim, epochs=victim_epochs, **(victim_overrides or {}))
     for m in methods:
         get_attack(m).from_preset(preset)  # refuse an unknown preset before any work
+    check_apart(out, [spec_path(data)])
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise UnlearnableError(f"output {out} exists and is not a folder")
+    check_output_parent(out)
     splits = load_dataset(data)
     train = splits.train.stratified_subset(subset, seed) if subset else splits.train
     if splits.test is None:
         raise UnlearnableError(f"{splits.name}: no test split to measure victims on")
+    if len(train) == 0:
+        raise UnlearnableError(f"{splits.name}: no training images")
     settings = {"data": str(data), "subset": len(train), "seed": seed, "preset": preset,
                 "victim": asdict(vcfg), "mi_slices": mi_slices, "estimators": estimators, "mi_model": mi_model}
     _check_settings(out, settings, overwrite)

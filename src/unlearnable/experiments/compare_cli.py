@@ -12,7 +12,7 @@ def register(sub, common) -> None:
     p.add_argument("--methods", help="comma list of attacks (default: every registered attack)")
     p.add_argument("--subset", type=common["positive_int"], default=5000,
                    help="class-balanced training subset (default 5000)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=common["seed"], default=0)
     p.add_argument("--preset", default="cpu", help="attack preset for every method (default cpu)")
     p.add_argument("--victim-epochs", type=common["positive_int"], help="victim epochs (default: the cpu preset's 15)")
     p.add_argument("--mi-slices", type=common["positive_int"], default=500,

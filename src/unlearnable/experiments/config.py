@@ -467,6 +467,8 @@ def parse_spec(raw, origin: str = "config", source: str = "", base_dir: str = ".
     seeds = tuple(c.int_("seeds", s) for s in c.list_("seeds", raw.get("seeds", [0])))
     if len(set(seeds)) != len(seeds):
         c.fail("seeds", f"repeated seed in {list(seeds)}")
+    if any(isinstance(s, int) and s < 0 for s in seeds):
+        c.fail("seeds", f"seeds must be non-negative integers, got {list(seeds)}")
     poison_seed = c.str_("poison_seed", raw.get("poison_seed", "each"))
     if poison_seed not in ("each", "first"):
         c.fail("poison_seed", f"must be 'each' (a poison per seed) or 'first' (one poison, seeds[0]), got {poison_seed!r}")
@@ -512,7 +514,10 @@ def load_spec(path: str | Path) -> Spec:
     path = Path(path)
     if not path.is_file():
         raise UnlearnableError(f"config file not found: {path}")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UnlearnableError(f"{path}: not a text file (an experiment spec is YAML)") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:

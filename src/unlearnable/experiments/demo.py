@@ -12,10 +12,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..data import load_dataset, read_poisoned
+from ..attacks import get_attack
+from ..data import load_dataset, read_poisoned, spec_path
 from ..fsutil import prepare_output_dir, write_json
 from ..measure.gaps import G_DESCRIPTIONS, G_SHORT, MIGapMeter, check_mi_model
-from ..poison import poison_dataset
+from ..poison import check_seed, poison_dataset
 from ..progress import log
 from ..train import best_epoch, train_victim, victim_preset
 
@@ -36,7 +37,9 @@ def run_demo(out: str | Path, *, data: str = "fashion-mnist", subset: int = 5000
     """
     t0 = time.time()
     check_mi_model(mi_model)
-    out = prepare_output_dir(out, overwrite)
+    check_seed(seed)
+    get_attack(method).from_preset(preset, **(attack_overrides or {}))  # refuse a bad method or option first
+    out = prepare_output_dir(out, overwrite, inputs=[spec_path(data)])
     splits = load_dataset(data)
     train = splits.train.stratified_subset(subset, seed)
     vcfg = victim_preset(victim, epochs=victim_epochs)

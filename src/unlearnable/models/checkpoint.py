@@ -32,11 +32,31 @@ def load_model(path: str | Path, device="cpu"):
     meta_path, weights = directory / "model.json", directory / "model.safetensors"
     if not meta_path.is_file() or not weights.is_file():
         raise UnlearnableError(f"{path}: no model.json + model.safetensors found")
-    meta = json.loads(meta_path.read_text())
+    meta = read_model_json(meta_path)
     model = build_model(meta["model"], meta["in_channels"], meta["num_classes"], meta["image_size"],
                         **meta.get("build_kwargs", {}))
     try:
         model.load_state_dict(load_file(str(weights)))
-    except (RuntimeError, OSError) as e:
-        raise UnlearnableError(f"{weights}: weights do not fit model {meta['model']!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own types for a damaged file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnlearnableError(f"{weights}: not usable weights for model {meta['model']!r}: {first}") from None
     return model.to(device).eval(), meta
+
+
+def read_model_json(path: Path) -> dict:
+    """``model.json``, checked field by field (one-line error naming what is wrong)."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UnlearnableError(f"cannot read {path}: {e}") from None
+    if not isinstance(meta, dict):
+        raise UnlearnableError(f"{path}: not a model description (expected a JSON object)")
+    if not isinstance(meta.get("model"), str):
+        raise UnlearnableError(f"{path}: 'model' must be a model name")
+    for key in ("in_channels", "num_classes", "image_size"):
+        v = meta.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= 100_000:
+            raise UnlearnableError(f"{path}: '{key}' must be a positive integer, got {v!r}")
+    if not isinstance(meta.get("build_kwargs", {}), dict):
+        raise UnlearnableError(f"{path}: 'build_kwargs' must be an object")
+    return meta

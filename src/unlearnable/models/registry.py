@@ -26,6 +26,13 @@ def model_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def check_model_name(name: str) -> str:
+    """The registry key of ``name`` (spelling and case forgiven); one-line error when unknown."""
+    if not isinstance(name, str) or _key(name) not in _REGISTRY:
+        raise UnlearnableError(f"unknown model {name!r}; choose from {', '.join(model_names())}")
+    return _key(name)
+
+
 def build_model(name: str, in_channels: int, num_classes: int, image_size: int, **kwargs) -> FeatureModel:
     """Build a registered model for the given input channels, classes and image size."""
     fn = _REGISTRY.get(_key(name))

@@ -18,7 +18,7 @@ import torch
 
 from ..data.augment import build_augment
 from ..data.dataset import ImageDataset
-from ..errors import UnlearnableError
+from ..errors import UnlearnableError, check_finite_fields
 from ..models import build_model
 from ..progress import bar, log
 from ..runtime import make_generator, prepare_model, resolve_device, seed_everything
@@ -90,7 +90,9 @@ def preset_name(protocol: str, name: str | None = None) -> str:
 def victim_preset(name: str, **overrides) -> VictimConfig:
     if name not in VICTIM_PRESETS:
         raise UnlearnableError(f"unknown victim preset {name!r}; choose from {sorted(VICTIM_PRESETS)}")
-    return replace(VICTIM_PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}).validate()
+    cfg = replace(VICTIM_PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+    check_finite_fields(f"victim {name}", cfg)
+    return cfg.validate()
 
 
 @dataclass
