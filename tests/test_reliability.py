@@ -67,6 +67,12 @@ def ws(tmp_path_factory):
     (root / "specs" / "nan.yaml").write_text(tiny.replace("epochs: 2, batch_size: 32}}",
                                                           "epochs: 2, batch_size: 32, lr: .nan}}"))
     (root / "specs" / "negseed.yaml").write_text(tiny.replace("seeds: [0, 1]", "seeds: [-1]"))
+    (root / "noperturbation" / "train" / "0_a").mkdir(parents=True)
+    Image.new("L", (16, 16)).save(root / "noperturbation" / "train" / "0_a" / "00000.png")
+    (root / "noperturbation" / "manifest.json").write_text(json.dumps({
+        "format": "unlearnable-poisoned", "format_version": 1, "method": "x", "eps_255": 8, "linf_255": 0,
+        "image_shape": [16, 16, 1], "class_names": ["a"], "class_folders": ["0_a"],
+        "counts": {"train": 1, "test": 0, "per_class": [1], "perturbed": 0}}))
     (root / "badmanifest").mkdir()
     (root / "badmanifest" / "manifest.json").write_text(json.dumps({"format": "unlearnable-poisoned"}))
     np.savez(root / "badmanifest" / "perturbation.npz", delta=np.zeros((4, 16, 16, 1), np.int16),
@@ -115,6 +121,7 @@ CORRUPT_DATA = [  # (name, data spec, needle)
     ("corrupt-png", "{ws}/badimg", "1.png"),
     ("text-file", "{ws}/notes.txt", "notes.txt"),
     ("bad-poisoned-manifest", "{ws}/badmanifest", "manifest.json"),
+    ("poisoned-without-perturbation", "{ws}/noperturbation", "perturbation.npz"),
 ]
 
 CASES = []
@@ -219,6 +226,8 @@ BAD_OUTPUTS = [
     # (OUT_DIR inside IN_DIR is allowed for protect: its subtree is not scanned, docs/protect.md)
     ("protect-input-in-out", ["protect", "{ws}/folder/train", "{ws}/folder"], "folder"),
     ("verify-out-dir", ["verify", "{ws}/photos", "{ws}/foreign", "--out", "{ws}/foreign"], "foreign"),
+    ("verify-out-in-input", ["verify", "{ws}/photos", "{ws}/foreign", "--out", "{ws}/photos/r.json"],
+     "inside the input"),
     ("verify-out-devnull", ["verify", "{ws}/photos", "{ws}/foreign", "--out", "/dev/null"], "/dev/null"),
     ("run-missing-config", ["run", "{ws}/nope.yaml"], "nope.yaml"),
     ("run-not-yaml", ["run", "{ws}/not-yaml.yaml"], "not-yaml.yaml"),

@@ -326,7 +326,17 @@ class PoisonedDataset:
 
 
 def is_poisoned_dir(path: Path) -> bool:
-    return (Path(path) / "manifest.json").is_file() and (Path(path) / "perturbation.npz").is_file()
+    """A protected dataset: its manifest and perturbation, or a manifest that declares the
+    format (a damaged set is then reported as one, not read as a plain image folder)."""
+    path = Path(path)
+    if not (path / "manifest.json").is_file():
+        return False
+    if (path / "perturbation.npz").is_file():
+        return True
+    try:
+        return json.loads((path / "manifest.json").read_text()).get("format") == "unlearnable-poisoned"
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return False
 
 
 def _labels_array(where: Path, key: str, y: np.ndarray, n: int, n_classes: int) -> np.ndarray:

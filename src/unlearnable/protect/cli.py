@@ -82,7 +82,9 @@ def cmd_protect(args):
 
 
 def cmd_verify(args):
+    from ..fsutil import check_output_file
     from .verify import format_report, verify_folder
+    check_output_file(args.out, inputs=[args.in_dir])  # IN_DIR is never modified; checked before any training
     report = verify_folder(args.in_dir, args.out_dir, reference=args.reference, out=args.out, holdout=args.holdout,
                            folds=args.folds, epochs=args.epochs, jpeg_quality=args.jpeg_quality,
                            reference_per_class=args.reference_per_class, size=args.size, seed=args.seed,
