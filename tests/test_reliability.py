@@ -73,6 +73,13 @@ def ws(tmp_path_factory):
         "format": "unlearnable-poisoned", "format_version": 1, "method": "x", "eps_255": 8, "linf_255": 0,
         "image_shape": [16, 16, 1], "class_names": ["a"], "class_folders": ["0_a"],
         "counts": {"train": 1, "test": 0, "per_class": [1], "perturbed": 0}}))
+    entry = {"input": "a/0.png", "output": "a/0.png", "class": "a", "sha256": "0" * 64,
+             "output_sha256": "0" * 64, "settings": "k"}
+    for name, images in PROTECT_MANIFESTS.items():
+        (root / "pm" / name).mkdir(parents=True)
+        doc = images if name in ("top-level-list", "not-json") else {"format": "unlearnable-protect/1",
+                                                                         "images": images(entry)}
+        (root / "pm" / name / "manifest.json").write_text(doc if name == "not-json" else json.dumps(doc))
     (root / "badmanifest").mkdir()
     (root / "badmanifest" / "manifest.json").write_text(json.dumps({"format": "unlearnable-poisoned"}))
     np.savez(root / "badmanifest" / "perturbation.npz", delta=np.zeros((4, 16, 16, 1), np.int16),
@@ -110,6 +117,18 @@ def _poison(data, out="{ws}/o", *extra):
 def _train(data, out="{ws}/o", *extra):
     return ["train", "--data", data, "--epochs", "1", "--device", "cpu", "--out", out, *extra]
 
+
+PROTECT_MANIFESTS = {  # damaged OUT_DIR/manifest.json of protect: (name -> images field or document)
+    "images-a-dict": lambda e: {"a/0.png": e},
+    "images-a-string": lambda e: "a/0.png",
+    "entry-not-object": lambda e: [e, 3],
+    "entry-without-sha256": lambda e: [{k: v for k, v in e.items() if k != "sha256"}],
+    "class-null": lambda e: [{**e, "class": None}],
+    "output-escapes": lambda e: [{**e, "output": "../../etc/passwd"}],
+    "output-absolute": lambda e: [{**e, "output": "/etc/passwd"}],
+    "top-level-list": [1, 2],
+    "not-json": "{ nope",
+}
 
 CORRUPT_DATA = [  # (name, data spec, needle)
     ("missing", "{ws}/nope.npz", "nope.npz"),
@@ -183,6 +202,13 @@ BAD_NUMBERS = [  # flags that must refuse NaN, infinity and out-of-range values
                                 "--out", "{ws}/o"], "nope"),
 ]
 CASES += BAD_NUMBERS
+for name in PROTECT_MANIFESTS:
+    CASES += [
+        (f"protect-manifest-{name}", ["protect", "{ws}/photos", f"{{ws}}/pm/{name}", "--device", "cpu"],
+         "manifest.json"),
+        (f"verify-manifest-{name}", ["verify", "{ws}/photos", f"{{ws}}/pm/{name}", "--out", "{ws}/o.json",
+                                     "--device", "cpu"], "manifest.json"),
+    ]
 
 BAD_OUTPUTS = [
     # an existing file, a path under a file, a device node, a folder this tool did not write
@@ -441,3 +467,66 @@ def test_a_refused_checkpoint_is_one_line_and_never_suggests_unpickling(tiny_npz
     err = cap.err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "checkpoint.pt" in err[0], cap.err
     assert "weights_only" not in cap.err and "pwned" not in cap.out
+
+
+# -- disk full (issue 15, item 7) ---------------------------------------------------------------
+
+def _enospc_on_call(real, n):
+    """``real`` that raises ENOSPC (naming its destination) on its ``n``-th call."""
+    import errno
+    calls = {"n": 0}
+
+    def wrapped(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            dest = next((x for x in a if isinstance(x, (str, Path))), "?")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dest))
+        return real(*a, **k)
+    return wrapped
+
+
+def _files(root: Path) -> dict:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".unlearnable-protect")}
+
+
+def test_protect_disk_full_is_one_line_and_the_rerun_completes(tmp_path, capsys, monkeypatch):
+    import unlearnable.protect.folder as folder_mod
+    x, y = make_learnable(240, size=16, channels=1, classes=4, seed=3)
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, x_train=x[:160], y_train=y[:160], x_test=x[160:], y_test=y[160:], class_names=np.array(list("abcd")))
+    src = tmp_path / "in"
+    _png_tree(src, classes=("cats", "dogs"), n=3, size=20)
+    flags = ["--reference", str(ref), "--epochs", "1", "--steps", "2", "--working-size", "16", "--batch-size", "2",
+             "--reference-per-class", "8", "--device", "cpu"]
+    assert run_cli(["protect", str(src), str(tmp_path / "clean"), *flags]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(folder_mod, "save_image", _enospc_on_call(folder_mod.save_image, 3))
+    code = run_cli(["protect", str(src), str(tmp_path / "full"), *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no space left on device while writing" in err[0], err
+    assert not [p for p in (tmp_path / "full").rglob("*") if p.name.endswith(".tmp")]  # no half-written file
+    monkeypatch.undo()
+    assert run_cli(["protect", str(src), str(tmp_path / "full"), *flags]) == 0
+    a, b = _files(tmp_path / "clean"), _files(tmp_path / "full")
+    pngs = [k for k in a if k.endswith(".png")]
+    assert len(pngs) == 6 and {k: a[k] for k in pngs} == {k: b[k] for k in pngs}
+
+
+def test_poison_disk_full_is_one_line_and_leaves_nothing(tiny_npz, tmp_path, capsys, monkeypatch):
+    import unlearnable.data.poisoned as poisoned_mod
+    real_save = poisoned_mod.Image.Image.save
+    monkeypatch.setattr(poisoned_mod.Image.Image, "save", _enospc_on_call(real_save, 5))
+    code = run_cli(["poison", "--method", "random", "--data", str(tiny_npz), "--out", str(tmp_path / "p")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no space left on device while writing" in err[0], err
+    # No output and no half-written folder; the generation's state stays, for --resume.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.partial", "tiny.npz"]
+    monkeypatch.undo()
+    assert run_cli(["poison", "--method", "random", "--data", str(tiny_npz), "--out", str(tmp_path / "p"),
+                    "--resume"]) == 0
+    assert run_cli(["poison", "--method", "random", "--data", str(tiny_npz), "--out", str(tmp_path / "q")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p", "q", "tiny.npz"]
+    assert _files(tmp_path / "p").keys() == _files(tmp_path / "q").keys()
+    assert {k: v for k, v in _files(tmp_path / "p").items() if k.endswith(".png")} == \
+        {k: v for k, v in _files(tmp_path / "q").items() if k.endswith(".png")}

@@ -22,3 +22,11 @@ def check_finite_fields(owner: str, config) -> None:
         value = getattr(config, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise UnlearnableError(f"{owner}: {f.name} must be a finite number, got {value}")
+
+
+def check_seed(seed) -> int:
+    """A seed is a non-negative integer (numpy's generators refuse negative ones deep inside)."""
+    import numbers
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise UnlearnableError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)

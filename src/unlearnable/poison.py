@@ -28,7 +28,7 @@ import torch
 from .attacks import get_attack
 from .data import load_dataset, quantize, spec_path, write_poisoned
 from .data.dataset import DataSplits
-from .errors import UnlearnableError
+from .errors import UnlearnableError, check_seed
 from .fsutil import check_apart, exclusive_lock, prepare_output_dir, remove_stale_temp_dirs
 from .progress import log
 
@@ -202,12 +202,6 @@ def is_partial_dir(work: Path) -> bool:
     return work.is_dir() and not work.is_symlink() and all(
         p.name in ("checkpoint.pt", LOCK_NAME) or (p.name.startswith(".checkpoint.pt.") and p.name.endswith(".tmp"))
         for p in work.iterdir())
-
-
-def check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise UnlearnableError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
 
 
 class GenerationDiverged(UnlearnableError):

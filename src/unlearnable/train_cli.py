@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UnlearnableError
+from .errors import UnlearnableError, check_seed
 from .models import check_model_name
 
 
@@ -228,7 +228,6 @@ def run_evaluate(out, *, data: str, cells: list[Cell], clean: str | None = None,
     """Train every cell on every source; skip cells whose result file already exists."""
     from .data import spec_path
     from .fsutil import check_apart, check_output_parent, is_empty_dir, tool_output_kind, write_json
-    from .poison import check_seed
     from .progress import log
     t0 = time.time()
     out = Path(out)

@@ -32,13 +32,13 @@ import numpy as np
 from ..attacks import attack_names, get_attack
 from ..data import load_dataset, read_poisoned, spec_path
 from ..data.dataset import DataSplits
-from ..errors import UnlearnableError
+from ..errors import UnlearnableError, check_seed
 from ..fsutil import atomic_path, check_apart, check_output_parent, is_empty_dir, tool_output_kind, write_json
 from ..measure import spearman
 from ..measure.gaps import G_DESCRIPTIONS, MIGapMeter, check_mi_model
 from ..measure.report import parse_estimators
 from ..models.checkpoint import load_model, save_model
-from ..poison import check_seed, poison_dataset
+from ..poison import poison_dataset
 from ..progress import log
 from ..train import best_epoch, train_victim, victim_preset
 

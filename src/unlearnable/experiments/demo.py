@@ -16,7 +16,8 @@ from ..attacks import get_attack
 from ..data import load_dataset, read_poisoned, spec_path
 from ..fsutil import prepare_output_dir, write_json
 from ..measure.gaps import G_DESCRIPTIONS, G_SHORT, MIGapMeter, check_mi_model
-from ..poison import check_seed, poison_dataset
+from ..errors import check_seed
+from ..poison import poison_dataset
 from ..progress import log
 from ..train import best_epoch, train_victim, victim_preset
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UnlearnableError
+from ..errors import UnlearnableError, check_seed
 from ..fsutil import atomic_path
 from ..progress import bar, log
 from .engine import Unit, make_config, optimise_unit
@@ -103,6 +103,7 @@ def protect_folder(in_dir, out_dir, *, strength: str = "mid", single_class: bool
                                    f"use png (the default) or tiff, or pass --force-lossy")
         warn(f"writing lossy {fmt}: the compression weakens the protection and the L-inf budget is not "
              f"guaranteed (the manifest records what was actually written)")
+    check_seed(seed)
     in_root, out_root = check_dirs(in_dir, out_dir)
     candidates, skipped, ignored = scan_inputs(in_root, out_root, single_class=single_class, suffix=suffix)
     if not candidates and not skipped:
@@ -218,6 +219,8 @@ class _Run:
                 save_image(compose(out, img.alpha, img.out_mode), tmp, self.fmt, img.icc_profile)
                 out_sha = sha256_file(tmp)
         except (OSError, ValueError) as e:  # e.g. a mode the chosen format cannot store
+            if isinstance(e, OSError) and e.errno is not None:
+                raise  # the disk, not this image (no space, read-only, I/O): stop; a rerun resumes
             self.skipped.append(Skipped(c.rel, f"cannot write {self.fmt}: {e}"))
             return
         if not self.lossless:  # measure what the file holds, not what was encoded

@@ -59,14 +59,7 @@ class Manifest:
         if path.is_symlink():
             raise UnlearnableError(f"{path} is a symbolic link: refusing to use it")
         if path.is_file():
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, ValueError) as e:
-                raise UnlearnableError(f"cannot read {path}: {e}") from None
-            if not isinstance(data, dict) or data.get("format") != FORMAT:
-                raise UnlearnableError(f"{path} was not written by 'unlearnable protect' (format "
-                                       f"{data.get('format') if isinstance(data, dict) else None!r})")
-            return cls(out_root, data)
+            return cls(out_root, read_manifest_file(path))
         if out_root.is_dir() and any(p.name != LOCK for p in out_root.iterdir()):
             raise UnlearnableError(f"output folder {out_root} is not empty and has no {NAME}: choose a new or "
                                    f"empty folder (or one written by 'unlearnable protect')")
@@ -95,6 +88,46 @@ class Manifest:
         write_json(self.path, {"format": FORMAT, "settings": self.settings, **self.extra,
                                "images": [self.entries[k] for k in sorted(self.entries)],
                                "unreadable": [self.unreadable[k] for k in sorted(self.unreadable)]})
+
+
+# What every entry must hold, and its type: a rerun and verify rely on these.
+_ENTRY_KEYS = {"input": str, "output": str, "class": str, "sha256": str, "output_sha256": str, "settings": str}
+_UNREADABLE_KEYS = {"input": str, "sha256": str, "reason": str}
+
+
+def read_manifest_file(path: Path) -> dict:
+    """Read and check a protect manifest; one-line error naming what is wrong.
+
+    A damaged manifest is refused, never silently discarded: it is the record of which
+    images are finished, and discarding it would redo (or orphan) the user's outputs.
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise UnlearnableError(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise UnlearnableError(f"{path} was not written by 'unlearnable protect' (format "
+                               f"{data.get('format') if isinstance(data, dict) else None!r})")
+    settings = data.get("settings", {})
+    if not isinstance(settings, dict) or not all(isinstance(settings.get(k, {}), dict) for k in ("config", "reference")):
+        raise UnlearnableError(f"{path}: not a protect manifest: 'settings' (or its config, reference) is not an object")
+    for field, keys in (("images", _ENTRY_KEYS), ("unreadable", _UNREADABLE_KEYS)):
+        entries = data.get(field, [])
+        if not isinstance(entries, list):
+            raise UnlearnableError(f"{path}: not a protect manifest: '{field}' is not a list of entries")
+        for i, e in enumerate(entries):
+            if not isinstance(e, dict):
+                raise UnlearnableError(f"{path}: not a protect manifest: {field}[{i}] is not an object")
+            for key, kind in keys.items():
+                if not isinstance(e.get(key), kind):
+                    what = "missing" if key not in e else f"{type(e[key]).__name__}, not {kind.__name__}"
+                    raise UnlearnableError(f"{path}: not a protect manifest: {field}[{i}].{key} is {what}")
+            for key in ("input", "output") if field == "images" else ("input",):
+                rel = Path(e[key])
+                if not e[key] or rel.is_absolute() or ".." in rel.parts or "\0" in e[key]:
+                    raise UnlearnableError(f"{path}: not a protect manifest: {field}[{i}].{key} {e[key]!r} "
+                                           f"is not a relative path inside the folder")
+    return data
 
 
 def output_lock(out_root: Path):

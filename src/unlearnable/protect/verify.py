@@ -33,7 +33,6 @@ What it does (docs/protect.md has the reasoning):
 from __future__ import annotations
 
 import io
-import json
 import math
 import time
 from pathlib import Path
@@ -48,7 +47,7 @@ from ..fsutil import write_json
 from ..progress import bar, log
 from ..train import train_victim, victim_preset
 from .images import UnreadableImage, load_image
-from .manifest import NAME, sha256_file
+from .manifest import NAME, read_manifest_file, sha256_file
 from .reference import load_reference, to_channels
 
 MIN_PER_CLASS_FOR_MI = 10
@@ -165,10 +164,7 @@ def verify_folder(in_dir, out_dir, *, reference: str | None = None, out=None, ho
     mpath = out_root / NAME
     if not mpath.is_file():
         raise UnlearnableError(f"{mpath} not found: run 'unlearnable protect {in_dir} {out_dir}' first")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (OSError, ValueError) as e:
-        raise UnlearnableError(f"cannot read {mpath}: {e}") from None
+    manifest = read_manifest_file(mpath)
     settings = manifest.get("settings", {})
     size = size or settings.get("config", {}).get("working_size", 32)
     spec = reference or settings.get("reference", {}).get("spec", "fashion-mnist")
