@@ -246,8 +246,6 @@ BAD_OUTPUTS = [
     ("measure-out-devnull", ["measure", "--poisoned", "{ws}/nope", "--out", "/dev/null"], "not a regular file"),
     ("measure-out-under-file", ["measure", "--poisoned", "{ws}/nope", "--out", "{ws}/notes.txt/r.json"],
      "notes.txt is a file"),
-    ("measure-bad-model-json", ["measure", "--poisoned", "{ws}/badmanifest", "--model", "{ws}/model"],
-     "manifest.json"),
     ("protect-out-file", ["protect", "{ws}/photos", "{ws}/notes.txt"], "notes.txt"),
     # (OUT_DIR inside IN_DIR is allowed for protect: its subtree is not scanned, docs/protect.md)
     ("protect-input-in-out", ["protect", "{ws}/folder/train", "{ws}/folder"], "folder"),
@@ -499,8 +497,15 @@ def test_protect_disk_full_is_one_line_and_the_rerun_completes(tmp_path, capsys,
     _png_tree(src, classes=("cats", "dogs"), n=3, size=20)
     flags = ["--reference", str(ref), "--epochs", "1", "--steps", "2", "--working-size", "16", "--batch-size", "2",
              "--reference-per-class", "8", "--device", "cpu"]
-    assert run_cli(["protect", str(src), str(tmp_path / "clean"), *flags]) == 0
+    old_umask = os.umask(0o022)
+    try:
+        assert run_cli(["protect", str(src), str(tmp_path / "clean"), *flags]) == 0
+    finally:
+        os.umask(old_umask)
     capsys.readouterr()
+    for p in (tmp_path / "clean").rglob("*"):  # shared files get the usual modes (item 15)
+        if not p.name.startswith(".unlearnable-protect"):
+            assert p.stat().st_mode & 0o777 == (0o755 if p.is_dir() else 0o644), p
     monkeypatch.setattr(folder_mod, "save_image", _enospc_on_call(folder_mod.save_image, 3))
     code = run_cli(["protect", str(src), str(tmp_path / "full"), *flags])
     err = capsys.readouterr().err.strip().splitlines()
@@ -530,3 +535,26 @@ def test_poison_disk_full_is_one_line_and_leaves_nothing(tiny_npz, tmp_path, cap
     assert _files(tmp_path / "p").keys() == _files(tmp_path / "q").keys()
     assert {k: v for k, v in _files(tmp_path / "p").items() if k.endswith(".png")} == \
         {k: v for k, v in _files(tmp_path / "q").items() if k.endswith(".png")}
+
+
+@pytest.mark.parametrize("meta", ['{"model": "cnn", "in_channels": "one"}', "[1]", "{ nope",
+                                  '{"model": 3, "in_channels": 1, "num_classes": 4, "image_size": 16}',
+                                  '{"model": "cnn", "in_channels": 1, "num_classes": -4, "image_size": 16}'])
+def test_a_malformed_model_json_is_one_line(tmp_path, meta):
+    from unlearnable.errors import UnlearnableError
+    from unlearnable.models.checkpoint import load_model
+    (tmp_path / "model.json").write_text(meta)
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 16)
+    with pytest.raises(UnlearnableError, match="model.json") as e:
+        load_model(tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_damaged_weights_are_one_line(tmp_path):
+    from unlearnable.errors import UnlearnableError
+    from unlearnable.models.checkpoint import load_model
+    (tmp_path / "model.json").write_text('{"model": "cnn", "in_channels": 1, "num_classes": 4, "image_size": 16}')
+    (tmp_path / "model.safetensors").write_bytes(b"\x10\0\0\0\0\0\0\0{not a header}")
+    with pytest.raises(UnlearnableError, match="model.safetensors") as e:
+        load_model(tmp_path)
+    assert "\n" not in str(e.value)
