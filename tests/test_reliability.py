@@ -558,3 +558,24 @@ def test_damaged_weights_are_one_line(tmp_path):
     with pytest.raises(UnlearnableError, match="model.safetensors") as e:
         load_model(tmp_path)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("command", ["train", "poison", "measure", "verify", "run"])
+def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, capsys, monkeypatch, command, tiny_npz):
+    """Read-only as the tests' user cannot be made (root writes anywhere), so the check is
+    shown with ``os.access`` reporting the folder read-only, as it does for a normal user."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: False if Path(p) == ro else real_access(p, mode, **k))
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text((Path(__file__).parents[1] / "configs" / "tiny.yaml").read_text())
+    argv = {"train": _train(str(tiny_npz), str(ro / "m")),
+            "poison": _poison(str(tiny_npz), str(ro / "p")),
+            "measure": ["measure", "--poisoned", str(tmp_path / "nope"), "--out", str(ro / "r.json")],
+            "verify": ["verify", str(tmp_path / "in"), str(tmp_path / "out"), "--out", str(ro / "r.json")],
+            "run": ["run", str(spec), "--out", str(ro / "run")]}[command]
+    code = run_cli(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and f"no permission to write in {ro}" in err[0], err
+    assert not list(ro.iterdir())
