@@ -180,6 +180,8 @@ BAD_NUMBERS = [  # flags that must refuse NaN, infinity and out-of-range values
     ("train-seed-negative", _train("{ws}/good.npz", "{ws}/o", "--seed", "-1"), "--seed"),
     ("train-at-eps-nan", _train("{ws}/good.npz", "{ws}/o", "--protocol", "at", "--at-eps", "nan"), "--at-eps"),
     ("train-epochs-negative", _train("{ws}/good.npz", "{ws}/o", "--epochs", "-2"), "--epochs"),
+    ("train-defense-nan", _train("{ws}/good.npz", "{ws}/o", "--defense", "cutmix:nan"), "cutmix"),
+    ("train-defense-inf", _train("{ws}/good.npz", "{ws}/o", "--defense", "mixup:inf"), "mixup"),
     ("train-unknown-model", _train("{ws}/good.npz", "{ws}/o", "--model", "vgg-1000"), "vgg-1000"),
     ("evaluate-lr-inf", ["evaluate", "--data", "{ws}/good.npz", "--cells", "cnn:st", "--lr", "inf",
                          "--out", "{ws}/o"], "--lr"),

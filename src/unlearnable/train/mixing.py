@@ -27,7 +27,7 @@ def number_arg(name: str, arg: str | None, default, cast=float, lo=None, hi=None
     except ValueError:
         raise UnlearnableError(f"defense {name!r}: argument must be {'an integer' if cast is int else 'a number'}, "
                                f"got {arg!r}") from None
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
+    if value != value or (lo is not None and value < lo) or (hi is not None and value > hi):  # NaN: value != value
         raise UnlearnableError(f"defense {name!r}: argument must be in [{lo}, {hi}], got {arg}")
     return value
 
