@@ -176,6 +176,19 @@ def check_output_file(out: str | os.PathLike, inputs=()) -> Path:
     return out
 
 
+def check_output_folder(out: str | os.PathLike, inputs=(), what: str = "output") -> Path:
+    """Check, before any work, that a folder may be written at ``out``: none of the
+    ``inputs`` (:func:`check_apart`), not a file or a link, and its parent writable."""
+    from .errors import UnlearnableError
+
+    out = Path(out)
+    check_apart(out, inputs)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise UnlearnableError(f"{what} {out} exists and is not a folder")
+    check_output_parent(out)
+    return out
+
+
 def prepare_output_dir(out: str | os.PathLike, overwrite: bool, inputs=()) -> Path:
     """Check, before any work, that the output folder ``out`` may be written.
 
@@ -188,11 +201,9 @@ def prepare_output_dir(out: str | os.PathLike, overwrite: bool, inputs=()) -> Pa
     from .errors import UnlearnableError
 
     out = Path(out)
-    check_apart(out, inputs)
     if out.is_symlink():
         raise UnlearnableError(f"output {out} is a symbolic link; give the folder itself")
-    if out.exists() and not out.is_dir():
-        raise UnlearnableError(f"output {out} exists and is not a folder")
+    check_output_folder(out, inputs)
     if out.is_dir() and not is_empty_dir(out):
         kind = tool_output_kind(out)
         if kind is None:
@@ -200,7 +211,6 @@ def prepare_output_dir(out: str | os.PathLike, overwrite: bool, inputs=()) -> Pa
                                    f"choose another (--overwrite only replaces this tool's own outputs)")
         if not overwrite:
             raise UnlearnableError(f"output folder {out} already holds a {kind} (pass --overwrite to replace it)")
-    check_output_parent(out)
     return out
 
 

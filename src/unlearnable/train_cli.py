@@ -227,18 +227,15 @@ def run_evaluate(out, *, data: str, cells: list[Cell], clean: str | None = None,
                  overwrite: bool = False) -> dict:
     """Train every cell on every source; skip cells whose result file already exists."""
     from .data import spec_path
-    from .fsutil import check_apart, check_output_parent, is_empty_dir, tool_output_kind, write_json
+    from .fsutil import check_output_folder, is_empty_dir, tool_output_kind, write_json
     from .progress import log
     t0 = time.time()
     out = Path(out)
     check_seed(seed)
-    check_apart(out, [spec_path(data), spec_path(clean or None)])
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise UnlearnableError(f"output {out} exists and is not a folder")
+    check_output_folder(out, [spec_path(data), spec_path(clean or None)])
     if out.is_dir() and not is_empty_dir(out) and tool_output_kind(out) is None and not (out / "cells").is_dir():
         raise UnlearnableError(f"output folder {out} is not empty and is not an evaluation written by unlearnable; "
                                f"choose another")
-    check_output_parent(out)
     overrides = dict(overrides or {})
     sources = load_sources(data, clean, subset, seed)
     rows = []

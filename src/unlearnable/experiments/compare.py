@@ -33,7 +33,7 @@ from ..attacks import attack_names, get_attack
 from ..data import load_dataset, read_poisoned, spec_path
 from ..data.dataset import DataSplits
 from ..errors import UnlearnableError, check_seed
-from ..fsutil import atomic_path, check_apart, check_output_parent, is_empty_dir, tool_output_kind, write_json
+from ..fsutil import atomic_path, check_output_folder, is_empty_dir, tool_output_kind, write_json
 from ..measure import spearman
 from ..measure.gaps import G_DESCRIPTIONS, MIGapMeter, check_mi_model
 from ..measure.report import parse_estimators
@@ -117,10 +117,7 @@ def run_compare(out: str | Path, *, data: str = "fashion-mnist", methods: list[s
     vcfg = victim_preset(victim, epochs=victim_epochs, **(victim_overrides or {}))
     for m in methods:
         get_attack(m).from_preset(preset)  # refuse an unknown preset before any work
-    check_apart(out, [spec_path(data)])
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise UnlearnableError(f"output {out} exists and is not a folder")
-    check_output_parent(out)
+    check_output_folder(out, [spec_path(data)])
     splits = load_dataset(data)
     train = splits.train.stratified_subset(subset, seed) if subset else splits.train
     if splits.test is None:

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UnlearnableError
-from ..fsutil import check_output_parent
+from ..fsutil import check_output_folder
 from .cache import RunStore, content_key
 from .config import Spec, load_spec
 
@@ -353,9 +353,7 @@ def run_experiment(config: str | Path | Spec, out: str | Path | None = None, *, 
     from .costs import calibrate, estimate
     spec = config if isinstance(config, Spec) else load_spec(config)
     run_dir = Path(out or spec.out or Path("runs") / spec.name)
-    if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
-        raise UnlearnableError(f"run directory {run_dir} exists and is not a folder")
-    check_output_parent(run_dir)  # before the data is loaded: a bad --out must cost nothing
+    check_output_folder(run_dir, what="run directory")  # before the data is loaded: a bad --out costs nothing
     devs = resolve_devices(spec, devices)
     data = load_data(_data_dict(spec))
     tasks = plan(spec, data)
