@@ -55,7 +55,8 @@ KNOWN_ATTACKS = ("random", "em", "em-class", "ap", "ap-untargeted", "ntga", "ar"
 KNOWN_MODELS = ("linear", "2-nn", "3-nn", "lenet-5", "vgg-11", "resnet-18", "resnet-34", "resnet-50", "resnet-101",
                 "resnet-152", "densenet-121", "wrn-34-10", "vit-b", "vit-l", "vit-h", "cnn", "cnn-small")
 KNOWN_PROTOCOLS = ("st", "at", "simclr", "cutout", "cutmix", "mixup")
-KNOWN_DEFENSES = ("jpeg", "grayscale", "ueraser", "op", "dvae", "ava", "le", "cutout", "cutmix", "mixup")
+KNOWN_DEFENSES = ("jpeg", "grayscale", "ueraser", "op", "dvae", "ava", "le", "cutout", "cutmix", "mixup",
+                  "bdr", "blur", "noise")
 ESTIMATOR_NAMES = ("hist", "hist-mm", "kde", "ksg", "mine")
 
 #: Victim depth order for Table 13 / Figure 2 (shallow to deep); unknown models go last, in spec order.
