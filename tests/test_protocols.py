@@ -110,7 +110,7 @@ def run(capsys, *argv):
     (["train", "--protocol", "nope"], "unknown protocol"),
     (["train", "--at-eps", "4"], "--at-eps only apply to --protocol at"),
     (["train", "--defense", "jpeg:abc"], "an integer"),
-    (["train", "--defense", "blur"], "unknown defense"),
+    (["train", "--defense", "nope"], "unknown defense"),
     (["train", "--model", "vgg-1000"], "unknown model"),
     (["train", "--protocol", "at-0"], "AT budget"),
     (["evaluate", "--cells", "cnn"], "bad cell"),
