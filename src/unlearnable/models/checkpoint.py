@@ -25,21 +25,43 @@ def save_model(model, directory: str | Path, *, name: str, in_channels: int, num
                                           **(extra or {})})
 
 
-def load_model(path: str | Path, device="cpu"):
-    """Load a model saved by :func:`save_model`; ``path`` is its folder or its .safetensors file."""
+def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
+    """``(model.json, model.safetensors)`` of a checkpoint given as its folder or its weights file."""
     path = Path(path)
     directory = path if path.is_dir() else path.parent
     meta_path, weights = directory / "model.json", directory / "model.safetensors"
     if not meta_path.is_file() or not weights.is_file():
         raise UnlearnableError(f"{path}: no model.json + model.safetensors found")
+    return meta_path, weights
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict, dict, Path]:
+    """A checkpoint's checked ``model.json``, its weights as CPU tensors (safetensors, never
+    pickle) and the weights file's path."""
+    meta_path, weights = checkpoint_files(path)
     meta = read_model_json(meta_path)
+    try:
+        state = load_file(str(weights))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own types for a damaged file
+        raise UnlearnableError(f"{weights}: not usable weights for model {meta['model']!r}: {_first_line(e)}") \
+            from None
+    return meta, state, weights
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def load_model(path: str | Path, device="cpu"):
+    """Load a model saved by :func:`save_model`; ``path`` is its folder or its .safetensors file."""
+    meta, state, weights = read_checkpoint(path)
     model = build_model(meta["model"], meta["in_channels"], meta["num_classes"], meta["image_size"],
                         **meta.get("build_kwargs", {}))
     try:
-        model.load_state_dict(load_file(str(weights)))
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own types for a damaged file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UnlearnableError(f"{weights}: not usable weights for model {meta['model']!r}: {first}") from None
+        model.load_state_dict(state)
+    except Exception as e:  # noqa: BLE001 - a tensor missing, extra or of another shape
+        raise UnlearnableError(f"{weights}: not usable weights for model {meta['model']!r}: {_first_line(e)}") \
+            from None
     return model.to(device).eval(), meta
 
 
