@@ -150,7 +150,8 @@ def test_cli_evaluate_table_and_resume(capsys, tiny_npz, tmp_path):
     code, out, err = run(capsys, *argv)
     assert code == 0, err
     table = [line for line in out.splitlines() if line.startswith("|")]
-    assert table[0] == "| model | protocol | defenses | random acc | clean acc | gap | time |" and len(table) == 4
+    assert table[0] == "| model | protocol | defenses | random acc | clean acc | random best epoch | gap | time |" \
+        and len(table) == 4
     assert "| cnn-small | st | mixup |" in table[3]
     res = json.loads((tmp_path / "ev" / "evaluate.json").read_text())
     assert [r["cell"] for r in res["rows"]] == ["cnn-small:st:none", "cnn-small:st:mixup"]

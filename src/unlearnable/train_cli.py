@@ -113,10 +113,19 @@ def run_victim(train, test, *, model: str, protocol: str, options: dict, defense
 
 
 def _overrides(args) -> dict:
-    keys = ("epochs", "lr", "batch_size", "augment", "device")
+    keys = ("epochs", "lr", "batch_size", "augment", "device", "init", "finetune", "backbone_lr_scale")
     out = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if getattr(args, "bf16", False):
         out["bf16"] = True
+    if "init" in out:
+        from .models.checkpoint import checkpoint_files
+        out["init"] = str(Path(out["init"]))
+        try:
+            checkpoint_files(out["init"])  # before any work: a missing prior is named now
+        except UnlearnableError as e:
+            raise UnlearnableError(f"--init: {e}") from None
+    elif "finetune" in out or "backbone_lr_scale" in out:
+        raise UnlearnableError("--finetune and --backbone-lr-scale need --init CKPT (a checkpoint to start from)")
     return out
 
 
@@ -135,7 +144,7 @@ def cmd_train(args):
     from .data import spec_path
     from .fsutil import make_temp_dir, prepare_output_dir, replace_dir, write_json
     from .models.checkpoint import save_model
-    out = prepare_output_dir(args.out, args.overwrite, inputs=[spec_path(args.data)])
+    out = prepare_output_dir(args.out, args.overwrite, inputs=[spec_path(args.data), args.init])
     protocol, parsed = parse_protocol(args.protocol)
     options = {**dict(parsed), **_at_options(args, protocol)}
     model = check_model_name(args.model)
@@ -158,11 +167,53 @@ def cmd_train(args):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     summary = {"out": str(out), "protocol": res.protocol, "defenses": res.defenses, "test_acc": res.test_acc,
-               "train_acc": res.train_acc, "seconds": round(res.seconds, 1)}
+               **res.best(), "train_acc": res.train_acc, "seconds": round(res.seconds, 1)}
+    if "early_stopping" in res.extra:
+        summary["stopped_at_epoch"] = res.extra["early_stopping"]["epoch"]
     if "at" in res.extra and "robust_test_acc" in res.extra["at"]:
         summary["robust_test_acc"] = res.extra["at"]["robust_test_acc"]
     summary.update(per_class)
     print(json.dumps(summary))
+
+
+# -- a prior -----------------------------------------------------------------------------
+
+def cmd_pretrain(args):
+    from .data import load_dataset, read_poisoned, spec_path
+    from .fsutil import make_temp_dir, prepare_output_dir, replace_dir, write_json
+    from .models.checkpoint import save_model
+    from .progress import log
+    from .train.pretrain import check_pretrain_protocol, provenance, without_images
+    out = prepare_output_dir(args.out, args.overwrite, inputs=[spec_path(args.data), *(args.exclude or [])])
+    protocol = check_pretrain_protocol(args.protocol)
+    model = check_model_name(args.model)
+    check_seed(args.seed)
+    splits = load_dataset(args.data)
+    train, excluded = splits.train, 0
+    if args.exclude:
+        train, excluded = without_images(train, [read_poisoned(d).clean.images for d in args.exclude])
+        log(f"pretrain: {excluded} of the data's {len(splits.train)} training images are protected ones "
+            f"(excluded); {len(train)} remain")
+    if args.subset:
+        train = train.stratified_subset(args.subset, args.seed)
+    res, preset, cfg = run_victim(train, splits.test, model=model, protocol=protocol, options={}, defenses="none",
+                                  preset=args.preset, seed=args.seed, overrides=_overrides(args),
+                                  desc=f"pretrain ({protocol})")
+    prov = provenance(data=splits.name, fingerprint=_fingerprint(train), images=len(train), excluded=excluded,
+                      exclude=[str(d) for d in args.exclude or []], subset=args.subset, protocol=protocol,
+                      epochs=cfg.epochs, seed=args.seed, test_acc=res.test_acc)
+    tmp = make_temp_dir(out)
+    try:
+        save_model(res.model, tmp, name=model, in_channels=train.channels, num_classes=train.num_classes,
+                   image_size=train.image_size[0], extra={"provenance": prov})
+        write_json(tmp / "metrics.json", {"data": splits.name, "train_images": len(train), "model": model,
+                                          "seed": args.seed, "preset": preset, "provenance": prov, **res.metrics()})
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(json.dumps({"out": str(out), "protocol": protocol, "train_images": len(train),
+                      "excluded_images": excluded, "test_acc": res.test_acc, "seconds": round(res.seconds, 1)}))
 
 
 # -- many victims ------------------------------------------------------------------------
@@ -232,7 +283,7 @@ def run_evaluate(out, *, data: str, cells: list[Cell], clean: str | None = None,
     t0 = time.time()
     out = Path(out)
     check_seed(seed)
-    check_output_folder(out, [spec_path(data), spec_path(clean or None)])
+    check_output_folder(out, [spec_path(data), spec_path(clean or None), (overrides or {}).get("init")])
     if out.is_dir() and not is_empty_dir(out) and tool_output_kind(out) is None and not (out / "cells").is_dir():
         raise UnlearnableError(f"output folder {out} is not empty and is not an evaluation written by unlearnable; "
                                f"choose another")
@@ -261,7 +312,8 @@ def run_evaluate(out, *, data: str, cells: list[Cell], clean: str | None = None,
             res, preset_used, _ = run_victim(src.train, src.test, model=cell.model, protocol=cell.protocol,
                                              options=dict(cell.options), defenses=cell.defenses, preset=preset,
                                              seed=seed, overrides=overrides, desc=f"{src.tag} {cell.label}")
-            summary = {"test_acc": res.test_acc, "train_acc": res.train_acc, "seconds": round(res.seconds, 2)}
+            summary = {"test_acc": res.test_acc, **res.best(), "train_acc": res.train_acc,
+                       "seconds": round(res.seconds, 2)}
             if "robust_test_acc" in res.extra.get("at", {}):
                 summary["robust_test_acc"] = res.extra["at"]["robust_test_acc"]
             write_json(path, {"settings": settings, "summary": summary, "preset": preset_used, **res.metrics()})
@@ -281,8 +333,10 @@ def run_evaluate(out, *, data: str, cells: list[Cell], clean: str | None = None,
 
 
 def format_table(result: dict) -> str:
+    """Final-epoch accuracy per source, then the data under test's best epoch (what an
+    attacker who early-stops on clean labels gets), the gap and the time."""
     tags = list(result["sources"])
-    head = ["model", "protocol", "defenses"] + [f"{t} acc" for t in tags]
+    head = ["model", "protocol", "defenses"] + [f"{t} acc" for t in tags] + [f"{tags[0]} best epoch"]
     if "clean" in tags and len(tags) > 1:
         head.append("gap")
     head.append("time")
@@ -291,6 +345,9 @@ def format_table(result: dict) -> str:
         proto = row["cell"].split(":")[1]
         cells = [row["model"], proto, row["defenses"]]
         cells += [f"{100 * row['results'][t]['test_acc']:.2f}%" for t in tags]
+        first = row["results"][tags[0]]
+        cells.append(f"{100 * first['best_test_acc']:.2f}% (ep {first['best_epoch']})" if "best_epoch" in first
+                     else "-")
         if "gap" in row:
             cells.append(f"{100 * row['gap']:.2f} pts")
         cells.append(f"{sum(row['results'][t]['seconds'] for t in tags):.0f} s")
@@ -328,6 +385,16 @@ def _victim_flags(p, common):
     p.add_argument("--overwrite", action="store_true")
 
 
+def _prior_flags(p, common):
+    from .train.prior import FINETUNE_MODES
+    p.add_argument("--init", metavar="CKPT", help="start from this checkpoint's backbone (a folder written by "
+                   "pretrain or train, or its model.safetensors); the head is new")
+    p.add_argument("--finetune", choices=FINETUNE_MODES, help="with --init: full (default: every weight at --lr), "
+                   "low-lr (backbone at --backbone-lr-scale x --lr), linear-probe (backbone frozen)")
+    p.add_argument("--backbone-lr-scale", type=common["positive_number"],
+                   help="low-lr: the backbone's learning rate as a fraction of --lr (default 0.1)")
+
+
 def register(sub, common):
     from .train import protocol_names
     t = sub.add_parser("train", help="train a victim (model x protocol x defenses) and report clean test accuracy")
@@ -342,8 +409,21 @@ def register(sub, common):
     t.add_argument("--defense", help="defense specs, comma-composed: jpeg:10, grayscale, ueraser, op, cutout, "
                    "cutmix, mixup, ...")
     _victim_flags(t, common)
+    _prior_flags(t, common)
     t.add_argument("--out", required=True, help="output folder: metrics.json, model.safetensors, model.json")
     t.set_defaults(func=cmd_train)
+
+    pt = sub.add_parser("pretrain", help="train a prior (a backbone for --init) on clean images disjoint from "
+                        "the protected ones")
+    pt.add_argument("--data", required=True, help="clean data spec (e.g. fashion-mnist, an .npz, an image folder)")
+    pt.add_argument("--exclude", nargs="+", metavar="PROTECTED_DIR", help="protected dataset folder(s): their "
+                    "clean originals are removed from --data's training images (matched by pixels)")
+    pt.add_argument("--model", default="cnn", help="backbone model (the victim's model)")
+    pt.add_argument("--protocol", default="st", help="st (supervised, default) or simclr (self-supervised)")
+    _victim_flags(pt, common)
+    pt.add_argument("--out", required=True, metavar="CKPT", help="output folder: model.safetensors, model.json "
+                    "(with the prior's provenance), metrics.json")
+    pt.set_defaults(func=cmd_pretrain)
 
     e = sub.add_parser("evaluate", help="victims for a list of (model, protocol, defense) cells; a Markdown table")
     e.add_argument("--data", required=True, help="a protected dataset folder, or any data spec")
@@ -356,6 +436,7 @@ def register(sub, common):
     e.add_argument("--protocols", nargs="+", metavar="P", help="st, at (8/255), at-E (E in 1/255)")
     e.add_argument("--defenses", nargs="+", metavar="SPEC", help="none, cutout, jpeg:10, 'jpeg:10,grayscale', ...")
     _victim_flags(e, common)
+    _prior_flags(e, common)
     e.add_argument("--out", required=True, help="output folder: evaluate.json and cells/<data>/<cell>/metrics.json "
                    "(existing cell results are reused)")
     e.set_defaults(func=cmd_evaluate)

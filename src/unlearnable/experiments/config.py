@@ -54,7 +54,7 @@ KNOWN_ATTACKS = ("random", "em", "em-class", "ap", "ap-untargeted", "ntga", "ar"
                  "entf", "lsp", "ops", "mi-ue", "a-mi-ue")
 KNOWN_MODELS = ("linear", "2-nn", "3-nn", "lenet-5", "vgg-11", "resnet-18", "resnet-34", "resnet-50", "resnet-101",
                 "resnet-152", "densenet-121", "wrn-34-10", "vit-b", "vit-l", "vit-h", "cnn", "cnn-small")
-KNOWN_PROTOCOLS = ("st", "at", "simclr", "cutout", "cutmix", "mixup")
+KNOWN_PROTOCOLS = ("st", "st-es", "at", "simclr", "cutout", "cutmix", "mixup")
 KNOWN_DEFENSES = ("jpeg", "grayscale", "ueraser", "op", "dvae", "ava", "le", "cutout", "cutmix", "mixup",
                   "bdr", "blur", "noise")
 ESTIMATOR_NAMES = ("hist", "hist-mm", "kde", "ksg", "mine")
@@ -290,7 +290,7 @@ def _attacks(c: _Checker, raw) -> tuple:
     return tuple(out)
 
 
-def _victims(c: _Checker, raw) -> dict:
+def _victims(c: _Checker, raw, base_dir: str = ".") -> dict:
     from ..models import model_names
     from ..train.standard import VictimConfig, VICTIM_PRESETS
     registered = {model_key(m) for m in model_names()}
@@ -315,6 +315,8 @@ def _victims(c: _Checker, raw) -> dict:
             c.fail(f"{where}.preset", f"unknown victim preset {preset!r}; choose from {', '.join(VICTIM_PRESETS)}")
         options = fractions(item.get("options") or {})
         c.mapping(f"{where}.options", options, tuple(sorted(fields)))
+        if options.get("init") is not None:
+            options["init"] = _checkpoint(c, f"{where}.options.init", options["init"], base_dir)
         try:
             from ..train import victim_preset
             victim_preset(preset, **{**options, "model": model})
@@ -324,6 +326,19 @@ def _victims(c: _Checker, raw) -> dict:
             c.fail(f"{where}.options", f"bad value: {e}")
         out[str(label)] = VictimSpec(str(label), model, preset, options)
     return out
+
+
+def _checkpoint(c: _Checker, where: str, value, base_dir: str) -> str:
+    """A prior's path, looked up beside the config file first, then in the cwd; it must exist now."""
+    from ..models.checkpoint import checkpoint_files
+    path = Path(c.str_(where, value))
+    if not path.is_absolute() and (Path(base_dir) / path).exists():
+        path = Path(base_dir) / path
+    try:
+        checkpoint_files(path)
+    except UnlearnableError as e:
+        c.fail(where, str(e))
+    return str(path)
 
 
 def _protocols(c: _Checker, raw) -> dict:
@@ -474,7 +489,7 @@ def parse_spec(raw, origin: str = "config", source: str = "", base_dir: str = ".
     if poison_seed not in ("each", "first"):
         c.fail("poison_seed", f"must be 'each' (a poison per seed) or 'first' (one poison, seeds[0]), got {poison_seed!r}")
     attacks = _attacks(c, raw["attacks"])
-    victims = _victims(c, raw.get("victims", ["cnn"]))
+    victims = _victims(c, raw.get("victims", ["cnn"]), base_dir)
     protocols = _protocols(c, raw.get("protocols"))
     groups_raw = raw.get("evaluate", [{}])
     groups = tuple(_group(c, f"evaluate[{i}]", g, victims, protocols, attacks, seeds=seeds)

@@ -127,17 +127,24 @@ def evaluate(model, data: TensorData, *, batch_size: int = 256, bf16=False, chan
     return int(correct) / max(1, len(data))
 
 
+def _params(model_or_groups):
+    """A model's parameters, or the parameter groups given as they are."""
+    return model_or_groups.parameters() if isinstance(model_or_groups, torch.nn.Module) else model_or_groups
+
+
 def sgd_cosine(model, *, lr: float, momentum: float, weight_decay: float, epochs: int, lr_min: float = 1e-6,
                nesterov: bool = False):
-    """SGD with momentum and weight decay, cosine-annealed per epoch to ``lr_min``."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
+    """SGD with momentum and weight decay, cosine-annealed per epoch to ``lr_min``. ``model``
+    is a module or a list of parameter groups (each group's own ``lr`` is annealed the same way)."""
+    opt = torch.optim.SGD(_params(model), lr=lr, momentum=momentum, weight_decay=weight_decay,
                           nesterov=nesterov)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs), eta_min=lr_min)
     return opt, sched
 
 
 def sgd_multistep(model, *, lr: float, momentum: float, weight_decay: float, milestones, gamma: float = 0.1):
-    """SGD with momentum and weight decay, the rate multiplied by ``gamma`` at each milestone epoch."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    """SGD with momentum and weight decay, the rate multiplied by ``gamma`` at each milestone epoch.
+    ``model`` is a module or a list of parameter groups."""
+    opt = torch.optim.SGD(_params(model), lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=gamma)
     return opt, sched

@@ -337,6 +337,9 @@ def simclr_protocol(train, test, cfg: VictimConfig | None = None, *, seed: int =
     only SimCLR's keys are read (another protocol's settings are ignored). Without ``cfg``
     the SimCLR preset is used whole.
     """
+    if cfg is not None and cfg.init is not None:
+        raise UnlearnableError("protocol simclr pre-trains its own backbone; it does not start from a checkpoint "
+                               "(init); use st, st-es or at with init")
     known = set(SimCLRConfig.__dataclass_fields__) | {"simclr_preset"}
     opts = {k: v for k, v in (cfg.protocol_options if cfg is not None else {}).items() if k in known}
     opts.update(options or {})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field, replace
 
+import numpy as np
 import torch
 
 from ..data.augment import build_augment
@@ -23,6 +24,7 @@ from ..models import build_model
 from ..progress import bar, log
 from ..runtime import make_generator, prepare_model, resolve_device, seed_everything
 from .loops import TensorData, evaluate, num_batches, sgd_cosine, sgd_multistep, train_epoch
+from .prior import check_finetune, start_from_prior
 from .protocols import register_protocol
 
 
@@ -46,6 +48,11 @@ class VictimConfig:
     # Settings of the protocol this preset is meant for (e.g. {"at_steps": 10}); the
     # protocol reads them, explicit options override them, other protocols ignore them.
     protocol_options: dict = field(default_factory=dict)
+    # Start from a pretrained prior (train/prior.py): a checkpoint folder or its
+    # model.safetensors; the backbone is loaded, the head is new. None: from scratch.
+    init: str | None = None
+    finetune: str = "full"  # with init: full | low-lr | linear-probe
+    backbone_lr_scale: float = 0.1  # low-lr: the backbone's rate as a fraction of lr
 
     def validate(self):
         for k in ("epochs", "batch_size"):
@@ -56,6 +63,11 @@ class VictimConfig:
         if self.schedule not in ("cosine", "step"):
             raise UnlearnableError(f"unknown lr schedule {self.schedule!r}; choose cosine or step")
         build_augment(self.augment, self.crop_padding)
+        check_finetune(self.finetune)
+        if self.init is None and self.finetune != "full":
+            raise UnlearnableError(f"victim finetune {self.finetune!r} needs an initial checkpoint (init)")
+        if not 0 < self.backbone_lr_scale <= 1:
+            raise UnlearnableError(f"victim backbone_lr_scale must be in (0, 1], got {self.backbone_lr_scale}")
         return self
 
 
@@ -107,8 +119,17 @@ class TrainResult:
     defenses: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)  # protocol results, e.g. robust accuracy, defense timings
 
+    def best(self) -> dict:
+        """``{"best_test_acc", "best_epoch"}`` over the epochs' clean test accuracy (empty for a
+        protocol without per-epoch scores, e.g. simclr's single linear probe)."""
+        epochs = [h for h in self.history if "epoch" in h and "test_acc" in h]
+        if not epochs:
+            return {}
+        acc, epoch = best_epoch(epochs)
+        return {"best_test_acc": acc, "best_epoch": epoch}
+
     def metrics(self) -> dict:
-        return {"test_acc": self.test_acc, "train_acc": self.train_acc, "protocol": self.protocol,
+        return {"test_acc": self.test_acc, "train_acc": self.train_acc, **self.best(), "protocol": self.protocol,
                 "defenses": self.defenses, "seconds": round(self.seconds, 2), **self.extra,
                 "history": self.history, "config": self.config}
 
@@ -124,6 +145,7 @@ def best_epoch(history: list[dict]) -> tuple[float, int]:
 
 
 def make_optimizer(model, cfg: VictimConfig):
+    """``model``: a module, or the parameter groups of a victim started from a prior."""
     if cfg.schedule == "step":
         return sgd_multistep(model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                              milestones=cfg.milestones, gamma=cfg.gamma)
@@ -148,8 +170,15 @@ def apply_data_defenses(train: ImageDataset, defenses, *, seed: int, device) -> 
 
 
 def train_victim(train: ImageDataset, test: ImageDataset, cfg: VictimConfig, *, seed: int = 0,
-                 desc: str = "victim", defenses=(), perturb_factory=None, protocol: str = "st") -> TrainResult:
-    """Train ``cfg.model`` from scratch on ``train`` and record per-epoch clean test accuracy.
+                 desc: str = "victim", defenses=(), perturb_factory=None, protocol: str = "st",
+                 val: ImageDataset | None = None) -> TrainResult:
+    """Train ``cfg.model`` on ``train`` and record per-epoch clean test accuracy.
+
+    The model starts from scratch, or from the prior ``cfg.init`` (its backbone; the head
+    is new) trained as ``cfg.finetune`` says. With ``val`` (clean labelled images apart
+    from ``test``), the run early-stops: every epoch is scored on ``val`` too, and the
+    result is the model of the epoch with the best ``val`` accuracy (the first on ties),
+    with that epoch's ``test`` accuracy; ``extra["early_stopping"]`` records the choice.
 
     ``defenses`` are :class:`~unlearnable.defenses.Defense` objects (data ones run first,
     on the training set; batch ones inside the loop). ``perturb_factory(generator)``, when
@@ -171,11 +200,18 @@ def train_victim(train: ImageDataset, test: ImageDataset, cfg: VictimConfig, *, 
     seed_everything(seed)
     gen = make_generator(seed)
     model = build_model(cfg.model, train.channels, train.num_classes, train.image_size[0])
+    params, extra = model, {}
+    if cfg.init is not None:
+        params, extra["prior"] = start_from_prior(
+            model, cfg.init, model_name=cfg.model, mode=cfg.finetune, backbone_lr_scale=cfg.backbone_lr_scale,
+            lr=cfg.lr, channels=train.channels, size=train.image_size[0])
     model = prepare_model(model, device, cfg.channels_last)
-    opt, sched = make_optimizer(model, cfg)
+    opt, sched = make_optimizer(params, cfg)
     augment = build_augment(cfg.augment, cfg.crop_padding)
     perturb = perturb_factory(gen) if perturb_factory is not None else None
     tr, te = TensorData.from_dataset(train, device), TensorData.from_dataset(test, device)
+    va = TensorData.from_dataset(val, device) if val is not None else None
+    chosen, chosen_state = None, None
     history = []
     steps = cfg.epochs * num_batches(len(tr), cfg.batch_size)
     with bar(total=steps, desc=desc, unit="batch") as pb:
@@ -185,12 +221,25 @@ def train_victim(train: ImageDataset, test: ImageDataset, cfg: VictimConfig, *, 
                                           perturb=perturb, batch_defenses=batch_defenses)
             sched.step()
             test_acc = evaluate(model, te, bf16=cfg.bf16, channels_last=cfg.channels_last)
-            history.append({"epoch": epoch + 1, "loss": round(loss, 5), "train_acc": round(train_acc, 5),
-                            "test_acc": round(test_acc, 5), "seconds": round(time.time() - t0, 2)})
+            row = {"epoch": epoch + 1, "loss": round(loss, 5), "train_acc": round(train_acc, 5),
+                   "test_acc": round(test_acc, 5), "seconds": round(time.time() - t0, 2)}
+            if va is not None:
+                row["val_acc"] = round(evaluate(model, va, bf16=cfg.bf16, channels_last=cfg.channels_last), 5)
+                if chosen is None or row["val_acc"] > chosen["val_acc"]:
+                    chosen = row
+                    chosen_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            history.append(row)
             pb.set_postfix(train=f"{train_acc:.3f}", test=f"{test_acc:.3f}")
+    final = history[-1]
+    if chosen is not None:
+        model.load_state_dict(chosen_state)
+        final = chosen
+        extra["early_stopping"] = {"epoch": chosen["epoch"], "val_acc": chosen["val_acc"], "val_images": len(va),
+                                   "test_images": len(te), "last_epoch_test_acc": history[-1]["test_acc"]}
     clean_train_acc = evaluate(model, tr, bf16=cfg.bf16, channels_last=cfg.channels_last)
-    extra = {"defense_seconds": defense_seconds} if defense_seconds else {}
-    return TrainResult(test_acc=history[-1]["test_acc"], train_acc=clean_train_acc, history=history,
+    if defense_seconds:
+        extra["defense_seconds"] = defense_seconds
+    return TrainResult(test_acc=final["test_acc"], train_acc=clean_train_acc, history=history,
                        seconds=time.time() - t0, config=asdict(cfg), model=model, protocol=protocol,
                        defenses=[d.describe() for d in defenses], extra=extra)
 
@@ -203,3 +252,36 @@ def standard_training(train: ImageDataset, test: ImageDataset, cfg: VictimConfig
     if unknown:
         raise UnlearnableError(f"protocol st takes no options, got {', '.join(unknown)}")
     return train_victim(train, test, cfg, seed=seed, desc=desc, defenses=defenses, protocol="st")
+
+
+#: Clean labelled images the early-stopping attacker holds out of the test set (50 a class on 10 classes).
+ES_VAL_IMAGES = 500
+
+
+@register_protocol("st-es")
+def early_stopped_training(train: ImageDataset, test: ImageDataset, cfg: VictimConfig, *, seed: int = 0,
+                           defenses=(), options: dict | None = None, desc: str = "victim (st-es)") -> TrainResult:
+    """ST with early stopping: the attacker holds a few clean labelled images.
+
+    ``val_images`` (default :data:`ES_VAL_IMAGES`, or a tenth of a smaller test set) test
+    images, stratified by class and drawn
+    with ``seed``, become the validation split the run stops on (the epoch with the best
+    validation accuracy); the accuracy reported is on the rest of the test set, which the
+    choice never saw. Victims learn real features and the perturbation's shortcut side by
+    side early on (Dang et al., arXiv 2306.02064), so this can be far above the last epoch.
+    """
+    opts = dict(options or {})
+    n = opts.pop("val_images", None)
+    if n is None and test is not None:  # a tenth of a small test set, at most ES_VAL_IMAGES
+        n = min(ES_VAL_IMAGES, max(1, len(test) // 10))
+    if opts:
+        raise UnlearnableError(f"protocol st-es takes only val_images, got {', '.join(sorted(opts))}")
+    if test is None:
+        raise UnlearnableError("victim training needs a test split (the data has none)")
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 < n < len(test):
+        raise UnlearnableError(f"st-es val_images must be an integer in [1, {len(test) - 1}] (fewer than the "
+                               f"{len(test)} test images), got {n!r}")
+    val_idx = test.stratified_indices(n, seed)
+    rest = np.setdiff1d(np.arange(len(test)), val_idx)
+    return train_victim(train, test.take(rest), cfg, seed=seed, desc=desc, defenses=defenses, protocol="st-es",
+                        val=test.take(val_idx))
