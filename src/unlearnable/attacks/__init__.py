@@ -3,6 +3,7 @@
 from .a_mi_ue import AMIUE
 from .ap import AP, APUntargeted
 from .ar import AR
+from .bait import BAIT
 from .base import Attack, AttackResult, attack_names, get_attack, register_attack
 from .em import EM, EMClass
 from .entf import ENTF
@@ -21,4 +22,4 @@ from .tue import TUE
 
 __all__ = ["Attack", "AttackResult", "attack_names", "get_attack", "register_attack", "mi_loss",
            "mi_loss_naive", "mi_loss_per_sample", "MIUE", "MIUEConfig", "RandomNoise", "pgd", "project",
-           "EM", "EMClass", "AP", "APUntargeted", "AR", "LSP", "OPS", "REM", "SEM", "ENTF", "NTGA", "GUE", "TUE", "AMIUE", "MIUEGen"]
+           "EM", "EMClass", "AP", "APUntargeted", "AR", "BAIT", "LSP", "OPS", "REM", "SEM", "ENTF", "NTGA", "GUE", "TUE", "AMIUE", "MIUEGen"]

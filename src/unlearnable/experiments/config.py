@@ -51,7 +51,7 @@ from ..errors import UnlearnableError
 
 #: Names from the paper (and the project's issues): valid in a spec even when not registered here.
 KNOWN_ATTACKS = ("random", "em", "em-class", "ap", "ap-untargeted", "ntga", "ar", "rem", "sem", "gue", "tue",
-                 "entf", "lsp", "ops", "mi-ue", "a-mi-ue")
+                 "entf", "lsp", "ops", "mi-ue", "a-mi-ue", "mi-ue-g", "bait")
 KNOWN_MODELS = ("linear", "2-nn", "3-nn", "lenet-5", "vgg-11", "resnet-18", "resnet-34", "resnet-50", "resnet-101",
                 "resnet-152", "densenet-121", "wrn-34-10", "vit-b", "vit-l", "vit-h", "cnn", "cnn-small")
 KNOWN_PROTOCOLS = ("st", "st-es", "at", "simclr", "cutout", "cutmix", "mixup")
