@@ -47,31 +47,9 @@ class Cell:
         return re.sub(r"[^A-Za-z0-9._+=-]+", "_", self.label.replace(":", "__").replace(",", "+"))
 
 
-def canonical_defenses(spec: str | None) -> str:
-    from .defenses import parse_defenses
-    ds = parse_defenses(spec)
-    return ",".join(d.describe() for d in ds) or "none"
-
-
-def parse_protocol(text: str) -> tuple[str, tuple]:
-    """``st`` / ``at`` / ``at-4`` / any registered protocol -> (name, options)."""
-    from .train import get_protocol
-    text = text.strip().lower()
-    m = re.fullmatch(r"at-([0-9.]+(?:/[0-9.]+)?)", text)
-    if m:
-        num, _, den = m.group(1).partition("/")
-        try:
-            eps = float(num) / (float(den) if den else 255.0)
-        except (ValueError, ZeroDivisionError):
-            raise UnlearnableError(f"bad AT budget in {text!r}; write at-E with E in 1/255 units, e.g. at-4") from None
-        if not 0 < eps <= 1:
-            raise UnlearnableError(f"AT budget must be in (0, 255]/255, got {text!r}")
-        return "at", (("at_eps", eps),)
-    get_protocol(text)
-    return text, ((("at_eps", 8 / 255),) if text == "at" else ())
-
-
 def parse_cell(text: str) -> Cell:
+    from .defenses.base import canonical_defenses
+    from .train.protocols import parse_protocol
     parts = text.strip().split(":", 2)
     if len(parts) < 2 or not parts[0] or not parts[1]:
         raise UnlearnableError(f"bad cell {text!r}: expected MODEL:PROTOCOL[:DEFENSES], e.g. cnn:at-4:jpeg:10")
@@ -145,6 +123,8 @@ def cmd_train(args):
     from .fsutil import make_temp_dir, prepare_output_dir, replace_dir, write_json
     from .models.checkpoint import save_model
     out = prepare_output_dir(args.out, args.overwrite, inputs=[spec_path(args.data), args.init])
+    from .defenses.base import canonical_defenses
+    from .train.protocols import parse_protocol
     protocol, parsed = parse_protocol(args.protocol)
     options = {**dict(parsed), **_at_options(args, protocol)}
     model = check_model_name(args.model)

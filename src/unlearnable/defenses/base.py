@@ -67,3 +67,9 @@ def parse_defenses(spec: str | None) -> list[Defense]:
             raise UnlearnableError(f"unknown defense {name!r}; choose from {', '.join(defense_names())}")
         out.append(cls.from_arg(arg.strip() if arg else None))
     return out
+
+
+def canonical_defenses(spec: str | None) -> str:
+    """A defense spec in its one canonical spelling (``"JPEG:10, cutout"`` -> ``"jpeg:10,cutout"``),
+    ``"none"`` for no defense."""
+    return ",".join(d.describe() for d in parse_defenses(spec)) or "none"

@@ -9,6 +9,7 @@ configs look protocols up here.
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 from ..errors import UnlearnableError
@@ -32,3 +33,20 @@ def get_protocol(name: str) -> Callable:
     if fn is None:
         raise UnlearnableError(f"unknown protocol {name!r}; choose from {', '.join(protocol_names())}")
     return fn
+
+
+def parse_protocol(text: str) -> tuple[str, tuple]:
+    """``st`` / ``at`` / ``at-4`` / any registered protocol -> (name, options)."""
+    text = text.strip().lower()
+    m = re.fullmatch(r"at-([0-9.]+(?:/[0-9.]+)?)", text)
+    if m:
+        num, _, den = m.group(1).partition("/")
+        try:
+            eps = float(num) / (float(den) if den else 255.0)
+        except (ValueError, ZeroDivisionError):
+            raise UnlearnableError(f"bad AT budget in {text!r}; write at-E with E in 1/255 units, e.g. at-4") from None
+        if not 0 < eps <= 1:
+            raise UnlearnableError(f"AT budget must be in (0, 255]/255, got {text!r}")
+        return "at", (("at_eps", eps),)
+    get_protocol(text)
+    return text, ((("at_eps", 8 / 255),) if text == "at" else ())
