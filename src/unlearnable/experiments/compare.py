@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..attacks import attack_names, get_attack
+from ..attacks.source import fingerprint
 from ..data import load_dataset, read_poisoned, spec_path
 from ..data.dataset import DataSplits
 from ..errors import UnlearnableError, check_seed
@@ -41,6 +42,9 @@ from ..models.checkpoint import load_model, save_model
 from ..poison import poison_dataset
 from ..progress import log
 from ..train import best_epoch, train_victim, victim_preset
+from ..train.pretrain import provenance
+from ..train.standard import preset_name
+from .attackers import needs_prior, parse_attackers, train_attacker, worst_case
 
 # The paper's column order (Table 1), then the APBench extras and anything registered later.
 PAPER_ORDER = ["random", "em", "em-class", "ap", "ap-untargeted", "ntga", "ar", "lsp", "ops", "rem", "sem", "entf",
@@ -98,7 +102,7 @@ def run_compare(out: str | Path, *, data: str = "fashion-mnist", methods: list[s
                 subset: int | None = 5000, seed: int = 0, preset: str = "cpu", victim: str = "cpu",
                 victim_epochs: int | None = None, victim_overrides: dict | None = None, mi_slices: int = 500,
                 estimators: list[str] | tuple[str, ...] = ("hist", "ksg"), mi_model: str = "victim",
-                overwrite: bool = False) -> dict:
+                attackers: list[str] | None = None, prior_images: int = 10000, overwrite: bool = False) -> dict:
     """Run ``methods`` (default: every registered attack) and return the results dict, also
     written to ``out/results.json`` with the table in ``out/table.md``.
 
@@ -107,6 +111,12 @@ def run_compare(out: str | Path, *, data: str = "fashion-mnist", methods: list[s
     of every row; ``mi_model``: g, ``victim`` (each attack's own victim, the default) or
     ``clean`` (the clean victim). An attack that fails with an :class:`UnlearnableError`
     is recorded under ``failed`` (and retried by the next run); the others still run.
+
+    ``attackers`` (:mod:`unlearnable.experiments.attackers`; ``[]`` for the default list,
+    None for none): every row, clean included, is also attacked by each of them, and
+    ``results["worst_case"]`` gives per row the accuracy each reached and the highest (the
+    worst case for the protector), named. The prior attackers start from a prior trained
+    like the victim on ``prior_images`` clean training images outside the subset.
     """
     t0 = time.time()
     out = Path(out)
@@ -115,15 +125,28 @@ def run_compare(out: str | Path, *, data: str = "fashion-mnist", methods: list[s
     check_seed(seed)
     methods = parse_methods(",".join(methods)) if methods is not None else default_methods()
     vcfg = victim_preset(victim, epochs=victim_epochs, **(victim_overrides or {}))
+
+    def victim_config(protocol: str):  # the victim's recipe under a protocol (AT: the preset's AT member)
+        return victim_preset(preset_name(protocol, victim), epochs=victim_epochs, **(victim_overrides or {}))
+
+    atts = parse_attackers(attackers) if attackers is not None else None
+    for a in atts or []:
+        victim_config(a.protocol)  # refuse a recipe that cannot be built before any work
+    if prior_images <= 0:
+        raise UnlearnableError(f"prior_images must be positive, got {prior_images}")
     for m in methods:
         get_attack(m).from_preset(preset)  # refuse an unknown preset before any work
     check_output_folder(out, [spec_path(data)])
     splits = load_dataset(data)
-    train = splits.train.stratified_subset(subset, seed) if subset else splits.train
+    subset_idx = splits.train.stratified_indices(subset, seed) if subset else None
+    train = splits.train.take(subset_idx) if subset else splits.train
     if splits.test is None:
         raise UnlearnableError(f"{splits.name}: no test split to measure victims on")
     if len(train) == 0:
         raise UnlearnableError(f"{splits.name}: no training images")
+    if atts is not None and needs_prior(atts) and len(train) == len(splits.train):
+        raise UnlearnableError("the prior attackers (finetune, low-lr, probe) need clean training images outside "
+                               "the protected subset to pretrain on; use a smaller --subset or leave them out")
     settings = {"data": str(data), "subset": len(train), "seed": seed, "preset": preset,
                 "victim": asdict(vcfg), "mi_slices": mi_slices, "estimators": estimators, "mi_model": mi_model}
     _check_settings(out, settings, overwrite)
@@ -147,14 +170,27 @@ def run_compare(out: str | Path, *, data: str = "fashion-mnist", methods: list[s
         except UnlearnableError as e:
             log(f"{method} failed: {e}")
             failed[method] = str(e)
+    worst = None
+    if atts is not None:
+        prior = None
+        if needs_prior(atts):
+            prior = _prior_cell(out / f"prior-{prior_images}", splits, subset_idx, prior_images, vcfg, seed)
+        sets = [("clean", out / "clean", train, clean)]
+        sets += [(m, out / m, read_poisoned(out / m / "poisoned").poisoned, rows[m]) for m in rows]
+        worst = {name: _attacker_cells(cell, atts, data_set, splits.test, row, victim_config, seed=seed, prior=prior,
+                                       name=name) for name, cell, data_set, row in sets}
     results = {"data": splits.name, "subset": len(train), "test_size": len(splits.test), "seed": seed,
                "preset": preset, "victim": vcfg.model, "victim_epochs": vcfg.epochs, "methods": methods,
                "mi_model": mi_model, "mi_g": G_DESCRIPTIONS[mi_model], "estimators": estimators,
                "mi_slices": mi_slices, "clean": clean, "attacks": rows, "failed": failed,
                "spearman": spearman_by_estimator(rows, estimators), "seconds": round(time.time() - t0, 2)}
+    if atts is not None:
+        results.update(attackers=[a.label for a in atts], prior_images=prior_images if needs_prior(atts) else None,
+                       skipped={a.label: a.skipped(train.channels) for a in atts if a.skipped(train.channels)},
+                       worst_case=worst)
     write_json(out / "results.json", results)
     with atomic_path(out / "table.md") as tmp:
-        tmp.write_text(format_table(results) + "\n")
+        tmp.write_text(format_table(results) + "\n" + (f"\n{format_worst_case(results)}\n" if atts is not None else ""))
     return results
 
 
@@ -220,6 +256,71 @@ def _attack_cell(cell: Path, method: str, splits: DataSplits, vcfg, clean: dict,
         "norm": manifest.get("norm", "linf"), "l0_pixels": manifest.get("l0_pixels"), "history": res.history})
     write_json(metrics, row)
     return row
+
+
+def _prior_cell(cell: Path, splits: DataSplits, subset_idx, n: int, vcfg, seed: int) -> Path:
+    """The prior of the prior attackers (cached): the victim's model trained as the victim on
+    ``n`` clean training images outside the protected subset; returns its checkpoint folder."""
+    model_dir = cell / "model"
+    if (model_dir / "model.json").is_file():
+        return model_dir
+    rest = np.setdiff1d(np.arange(len(splits.train)), subset_idx)  # not empty: run_compare checked
+    data = splits.train.take(rest).stratified_subset(n, seed)
+    log(f"prior: {vcfg.model} on {len(data)} clean training images outside the subset")
+    res = train_victim(data, splits.test, vcfg, seed=seed, desc="prior")
+    prov = provenance(data=splits.name, fingerprint=fingerprint(data.images, data.labels)[:16], images=len(data), excluded=0, exclude=[],
+                      subset=n, protocol="st", epochs=vcfg.epochs, seed=seed, test_acc=res.test_acc)
+    save_model(res.model, model_dir, name=vcfg.model, in_channels=data.channels, num_classes=data.num_classes,
+               image_size=data.image_size[0], extra={"provenance": prov})
+    return model_dir
+
+
+def _attacker_cells(cell: Path, attackers, train, test, row: dict, victim_config, *, seed: int, prior, name: str):
+    """One row's accuracy under every attacker (each victim cached in ``cell/attackers/``),
+    and the worst case over them. ``none`` is the row's own scratch victim."""
+    by = {}
+    for a in attackers:
+        if a.label == "none":
+            by[a.label] = row["test_acc"]
+            continue
+        if a.skipped(train.channels):
+            by[a.label] = None
+            continue
+        path = cell / "attackers" / a.slug / "metrics.json"
+        if path.is_file():
+            by[a.label] = _read_json(path)["test_acc"]
+            continue
+        log(f"{name}: attacker {a.label}")
+        res = train_attacker(a, train, test, victim_config, seed=seed, prior=prior, desc=f"victim ({name})")
+        keep = {k: res.extra[k] for k in ("early_stopping", "prior") if k in res.extra}
+        if "robust_test_acc" in res.extra.get("at", {}):
+            keep["robust_test_acc"] = res.extra["at"]["robust_test_acc"]
+        write_json(path, {"attacker": a.label, "test_acc": res.test_acc, **res.best(), "train_acc": res.train_acc,
+                          "victim_s": round(res.seconds, 2), **keep, "history": res.history})
+        by[a.label] = res.test_acc
+    return {"by_attacker": by, **worst_case(by)}
+
+
+def format_worst_case(r: dict) -> str:
+    """Markdown: one row per training set, the accuracy each attacker reaches, and the worst
+    case for the protector (the highest, named)."""
+    labels = r["attackers"]
+    head = ("training data", *labels, "worst case (attacker)")
+    rows = []
+    for name in ["clean", *[m for m in r["methods"] if m in r["worst_case"]]]:
+        w = r["worst_case"][name]
+        accs = ["n/a" if w["by_attacker"].get(a) is None else f"{100 * w['by_attacker'][a]:.2f}%" for a in labels]
+        top = "-" if w["test_acc"] is None else f"{100 * w['test_acc']:.2f}% ({w['attacker']})"
+        rows.append((name, *accs, top))
+    w = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
+    line = lambda row: "| " + " | ".join(x.ljust(w[i]) for i, x in enumerate(row)) + " |"  # noqa: E731
+    notes = [f"{a}: n/a ({why})" for a, why in (r.get("skipped") or {}).items()]
+    title = ("Worst case for the protector: final-epoch clean test accuracy under each attacker (st-es: the "
+             "early-stopped epoch, on the test images outside its validation split"
+             + (f"; finetune/low-lr/probe: from a prior trained on {r['prior_images']} clean images outside "
+                f"the subset" if r.get("prior_images") else "") + ")")
+    return "\n".join([title, "", line(head), "|" + "|".join("-" * (x + 2) for x in w) + "|", *map(line, rows),
+                      *notes])
 
 
 def _pct_best(row: dict) -> str:

@@ -21,6 +21,13 @@ def register(sub, common) -> None:
                    help="comma list of MI estimators, one MI column each: hist, hist-mm, kde, ksg, mine "
                         "(default hist,ksg)")
     common["add_mi_model_flag"](p)
+    p.add_argument("--defenses", nargs="*", metavar="ATTACKER",
+                   help="also train each row under these attackers and print the worst case for the protector: "
+                        "none, st-es, at-E, finetune, low-lr, probe, or a defense spec (jpeg:10, bdr, blur, "
+                        "ueraser, ...); given alone: none st-es jpeg:10 grayscale bdr blur ueraser at-4 finetune probe")
+    p.add_argument("--prior-images", type=common["positive_int"], default=10000,
+                   help="clean training images outside the subset the prior attackers' prior is trained on "
+                        "(default 10000)")
     p.add_argument("--out", default="runs/compare", help="output folder; a rerun skips the rows already in it")
     p.add_argument("--overwrite", action="store_true", help="discard the output folder and start again")
     p.set_defaults(func=run)
@@ -29,12 +36,16 @@ def register(sub, common) -> None:
 def run(args) -> None:
     from ..errors import UnlearnableError
     from ..measure.report import parse_estimators
-    from .compare import format_table, parse_methods, run_compare
+    from .compare import format_table, format_worst_case, parse_methods, run_compare
     r = run_compare(args.out, data=args.data, methods=parse_methods(args.methods), subset=args.subset,
                     seed=args.seed, preset=args.preset, victim_epochs=args.victim_epochs,
                     mi_slices=args.mi_slices, estimators=parse_estimators(args.estimators),
-                    mi_model=args.mi_model, overwrite=args.overwrite)
+                    mi_model=args.mi_model, attackers=args.defenses, prior_images=args.prior_images,
+                    overwrite=args.overwrite)
     print(format_table(r))
+    if "worst_case" in r:
+        print()
+        print(format_worst_case(r))
     print(f"total wall time {r['seconds']:.0f} s; results: {Path(args.out) / 'results.json'}")
     if r["failed"]:
         raise UnlearnableError(f"{len(r['failed'])} attack(s) failed: {', '.join(r['failed'])} "
