@@ -54,7 +54,7 @@ def test_compare_reports_every_attacker_and_the_worst_case(tmp_path, capsys):
         assert by["grayscale"] is None and by["none"] == (r["clean"] if name == "clean" else r["attacks"][name])["test_acc"]
         ran = {k: v for k, v in by.items() if v is not None}
         assert w["test_acc"] == max(ran.values()) and by[w["attacker"]] == w["test_acc"]
-    cell = json.loads((out / "random" / "attackers" / "probe" / "metrics.json").read_text())
+    cell = json.loads((out / "random" / "attackers" / "probe-prior-80" / "metrics.json").read_text())
     prov = cell["prior"]["provenance"]
     assert cell["prior"]["finetune"] == "linear-probe" and prov["images"] == 80 and prov["subset"] == 80
     es = json.loads((out / "random" / "attackers" / "st-es" / "metrics.json").read_text())
@@ -65,6 +65,10 @@ def test_compare_reports_every_attacker_and_the_worst_case(tmp_path, capsys):
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
     assert main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")} == stamps
+    # another prior size is another prior and other prior victims; nothing else retrains
+    assert main([*argv[:argv.index("--prior-images") + 1], "60", *argv[argv.index("--prior-images") + 2:]]) == 0
+    assert (out / "random" / "attackers" / "finetune-prior-60" / "metrics.json").is_file()
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
 
 
 def test_prior_attackers_need_images_outside_the_subset(tmp_path):

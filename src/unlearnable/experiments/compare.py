@@ -286,7 +286,9 @@ def _attacker_cells(cell: Path, attackers, train, test, row: dict, victim_config
         if a.skipped(train.channels):
             by[a.label] = None
             continue
-        path = cell / "attackers" / a.slug / "metrics.json"
+        # a prior attacker's victim depends on the prior too (its folder name says its size)
+        slug = a.slug if a.finetune is None else f"{a.slug}-{Path(prior).parent.name}"
+        path = cell / "attackers" / slug / "metrics.json"
         if path.is_file():
             by[a.label] = _read_json(path)["test_acc"]
             continue
