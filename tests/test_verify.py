@@ -42,7 +42,9 @@ def test_verify_end_to_end(tiny, tmp_path, capsys):
     rep = json.loads(report_path.read_text())
     assert rep["images"] == 12 and rep["classes"] == ["all"] and rep["left_out"] == []
     assert rep["split"]["held_out_images"] == 3  # 0.25 of 12, stratified
-    assert set(rep["results"]) == {"none", "jpeg20", "grayscale"}  # colour photos: grayscale row too
+    # colour photos: a grayscale row too; and the early-stopping and fine-tuned-prior attackers
+    assert set(rep["results"]) == {"none", "jpeg20", "grayscale", "early-stop", "prior-finetune"}
+    assert set(rep["attackers"]) == {"early-stop", "prior-finetune"} and "prior-finetune" in out
     for r in rep["results"].values():
         for v in ("clean", "protected"):
             u, o = r[v]["protected_classes"], r[v]["other_classes"]
@@ -96,6 +98,24 @@ def _report(clean, prot, n):
     return {"victim": {"model": "cnn", "epochs": 10, "size": 32},
             "results": {"none": {"clean": {"protected_classes": acc(clean)}, "protected": {"protected_classes":
                                  acc(prot)}, "gap_pts": gap, "gap_se_pts": se}}}
+
+
+def test_verdict_claims_only_what_the_worst_case_supports():
+    rep = _report(0.9, 0.2, 200)
+    rep["results"]["early-stop"] = _report(0.9, 0.3, 200)["results"]["none"]
+    held = verdict(rep)
+    assert "suggests the protection works" in held and "early stopping, still got only 30%" in held
+    rep["results"]["prior-finetune"] = _report(0.9, 0.85, 200)["results"]["none"]
+    broken = verdict(rep)
+    assert "no clear effect against that attacker" in broken and "fine-tuning a prior" in broken
+    assert "85%" in broken and "suggests" not in broken and "\n" not in broken
+
+
+def test_verify_without_attackers_keeps_the_filters_only(tiny, tmp_path):
+    src, prot, _ = tiny
+    from unlearnable.protect.verify import verify_folder
+    rep = verify_folder(src, prot, epochs=1, device="cpu", mi=False, attackers=False)
+    assert set(rep["results"]) == {"none", "jpeg20", "grayscale"} and rep["attackers"] == {}
 
 
 def test_verdict_wording_is_modest():

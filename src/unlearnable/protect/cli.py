@@ -60,6 +60,8 @@ def register(sub, common):
     v.add_argument("--jpeg-quality", type=positive, default=20, help="JPEG quality of the JPEG row (default 20)")
     v.add_argument("--size", type=positive, help="victim input size (default: the protect working size)")
     v.add_argument("--no-mi", action="store_true", help="skip the MI gap")
+    v.add_argument("--no-attackers", action="store_true", help="skip the early-stopping and fine-tuned-prior "
+                   "victims (faster; the verdict then covers the scratch victim and the filters only)")
     v.add_argument("--seed", type=common["seed"], default=0)
     v.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     v.set_defaults(func=cmd_verify)
@@ -88,6 +90,7 @@ def cmd_verify(args):
     report = verify_folder(args.in_dir, args.out_dir, reference=args.reference, out=args.out, holdout=args.holdout,
                            folds=args.folds, epochs=args.epochs, jpeg_quality=args.jpeg_quality,
                            reference_per_class=args.reference_per_class, size=args.size, seed=args.seed,
-                           device=args.device, mi=not args.no_mi)
+                           device=args.device, mi=not args.no_mi,
+                           attackers=not args.no_attackers)
     print(format_report(report))
     print(f"report: {args.out}")
