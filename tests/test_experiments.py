@@ -229,6 +229,16 @@ def test_report_tables_and_figures(tiny_run):
         assert f"Spearman(acc gap, MI gap) [{est}]: " in md
         assert "n = 3" in md.split(f"[{est}]: ")[1].splitlines()[0]
     assert res["data"]["spearman_acc_mi"]["ksg"]["n"] == 3
+    # the worst case per training set: the highest mean accuracy over its victim cells, named
+    worst = list(__import__("csv").reader((out / "table_worst.csv").read_text().splitlines()))
+    by_cell = {}
+    for r in _records(run_dir).values():
+        if r["kind"] == "victim" and r["attack"] == "mi-ue":
+            by_cell.setdefault(f"{r['victim']}:{r['protocol']}:{r['defense']}", []).append(r["test_acc"])
+    label = max(by_cell, key=lambda k: np.mean(by_cell[k]))
+    row = next(r for r in worst[1:] if r[0] == "mi-ue")
+    assert row[1] == str(len(by_cell)) and row[7] == label
+    assert float(row[4]) == pytest.approx(100 * np.mean(by_cell[label]), abs=1e-3)
 
 
 def test_kill_9_then_rerun_continues_without_recomputing(tiny_run, tmp_path):

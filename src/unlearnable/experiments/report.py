@@ -305,6 +305,33 @@ def table5(view: RunView) -> Table | None:
                  get, "attack")
 
 
+def table_worst(view: RunView) -> Table | None:
+    """The worst case for the protector: per training set, the highest mean test accuracy
+    any finished victim cell (victim x protocol x defense) reaches, and which cell it is.
+    Only when some training set has two or more victim cells."""
+    rows = []
+    for a in ["clean", *view.plain]:
+        cells = {}
+        for (kind, attack, victim, protocol, defense, _), slot in view.by_coord.items():
+            if kind == "victim" and attack == a and slot["seeds"]:
+                m, _, _ = mean_std(view.values("victim", a, _acc, victim=victim, protocol=protocol, defense=defense))
+                if not math.isnan(m):
+                    cells[f"{victim}:{protocol}:{defense}"] = (victim, protocol, defense, m)
+        if cells:
+            rows.append((a, cells))
+    if not rows or max(len(c) for _, c in rows) < 2:
+        return None
+    t = Table("Worst case for the protector: the highest test accuracy (%) any victim cell reaches", "training data",
+              ["cells", "worst case", "victim:protocol:defense"])
+    for a, cells in rows:
+        label = max(cells, key=lambda k: cells[k][3])  # the first planned on ties
+        victim, protocol, defense, _ = cells[label]
+        vals = view.values("victim", a, _acc, victim=victim, protocol=protocol, defense=defense)
+        t.add(a, [str(len(cells)), t.cell(view, vals, None, PCT), label])
+    t.notes.append("mean over seeds per cell; the cell with the highest mean is named")
+    return t
+
+
 def table13(view: RunView) -> Table | None:
     p, est = view.main["protocol"], view.main["estimator"]
     vs = [v for v in _depth_sorted(view, view.victims) if view.planned("victim", "clean", victim=v, protocol=p,
@@ -474,7 +501,8 @@ def write_report(run_dir, *, figures: bool = True, main: dict | None = None) -> 
                      "planned_cells": len(view.tasks)}
     tables = {"table1": table1(view, summary), "table3": table3(view), "table4": table4(view),
               "table5": table5(view), "table13": table13(view), "table16": table16(view),
-              "table20": table20(view), "table21": table21(view, summary), "table_ratio": table_ratio(view)}
+              "table20": table20(view), "table21": table21(view, summary), "table_ratio": table_ratio(view),
+              "table_worst": table_worst(view)}
     files = []
     for name, t in tables.items():
         if t is None:
