@@ -13,7 +13,6 @@ Cell syntax: ``MODEL:PROTOCOL[:DEFENSES]``, e.g. ``cnn:st``, ``resnet-18:at-4``,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -207,10 +206,8 @@ class Source:
 
 
 def _fingerprint(ds) -> str:
-    h = hashlib.sha1()
-    h.update(ds.images.tobytes())
-    h.update(ds.labels.tobytes())
-    return h.hexdigest()[:16]
+    from .attacks.source import fingerprint
+    return fingerprint(ds.images, ds.labels)[:16]
 
 
 def load_sources(data: str, clean: str | None, subset: int | None, seed: int) -> list[Source]:

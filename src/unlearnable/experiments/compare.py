@@ -185,9 +185,9 @@ def run_compare(out: str | Path, *, data: str = "fashion-mnist", methods: list[s
                "mi_slices": mi_slices, "clean": clean, "attacks": rows, "failed": failed,
                "spearman": spearman_by_estimator(rows, estimators), "seconds": round(time.time() - t0, 2)}
     if atts is not None:
+        skipped = {a.label: a.skipped(train.channels) for a in atts}
         results.update(attackers=[a.label for a in atts], prior_images=prior_images if needs_prior(atts) else None,
-                       skipped={a.label: a.skipped(train.channels) for a in atts if a.skipped(train.channels)},
-                       worst_case=worst)
+                       skipped={k: why for k, why in skipped.items() if why}, worst_case=worst)
     write_json(out / "results.json", results)
     with atomic_path(out / "table.md") as tmp:
         tmp.write_text(format_table(results) + "\n" + (f"\n{format_worst_case(results)}\n" if atts is not None else ""))
@@ -268,8 +268,9 @@ def _prior_cell(cell: Path, splits: DataSplits, subset_idx, n: int, vcfg, seed: 
     data = splits.train.take(rest).stratified_subset(n, seed)
     log(f"prior: {vcfg.model} on {len(data)} clean training images outside the subset")
     res = train_victim(data, splits.test, vcfg, seed=seed, desc="prior")
-    prov = provenance(data=splits.name, fingerprint=fingerprint(data.images, data.labels)[:16], images=len(data), excluded=0, exclude=[],
-                      subset=n, protocol="st", epochs=vcfg.epochs, seed=seed, test_acc=res.test_acc)
+    prov = provenance(data=splits.name, fingerprint=fingerprint(data.images, data.labels)[:16], images=len(data),
+                      excluded=0, exclude=[], subset=n, protocol="st", epochs=vcfg.epochs, seed=seed,
+                      test_acc=res.test_acc)
     save_model(res.model, model_dir, name=vcfg.model, in_channels=data.channels, num_classes=data.num_classes,
                image_size=data.image_size[0], extra={"provenance": prov})
     return model_dir
