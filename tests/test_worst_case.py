@@ -23,6 +23,14 @@ def test_attackers_parse_to_protocols_priors_and_defenses():
     assert (j.label, j.protocol, j.defenses, j.finetune) == ("jpeg:10,grayscale", "st", "jpeg:10,grayscale", None)
     with pytest.raises(UnlearnableError, match="unknown attacker 'jpg:10'"):
         parse_attacker("jpg:10")
+    cf = parse_attacker("Crop-Flip")
+    assert (cf.label, cf.protocol, cf.augment, cf.crop_padding, cf.defenses) == ("crop-flip", "st", "crop-flip", None,
+                                                                                 "none")
+    assert parse_attacker("crop:2").crop_padding == 2 and parse_attacker("crop:2").slug == "crop-2"
+    for bad, why in (("flip:2", "flip has no crop padding"), ("crop-flip:0", "positive whole number"),
+                     ("crop:x", "positive whole number")):
+        with pytest.raises(UnlearnableError, match=why):
+            parse_attacker(bad)
     labels = [a.label for a in parse_attackers([])]
     assert labels[0] == "none" and len(labels) == len(DEFAULT_ATTACKERS)
     assert [a.label for a in parse_attackers(["bdr", "none", "bdr"])] == ["none", "bdr:2"]
@@ -42,11 +50,12 @@ def test_compare_reports_every_attacker_and_the_worst_case(tmp_path, capsys):
     out = tmp_path / "cmp"
     argv = ["-q", "compare", "--data", str(tmp_path / "d.npz"), "--methods", "random", "--subset", "100",
             "--victim-epochs", "1", "--mi-slices", "4", "--estimators", "hist", "--prior-images", "80",
-            "--out", str(out), "--defenses", "none", "st-es", "blur:1", "grayscale", "finetune", "probe"]
+            "--out", str(out), "--defenses", "none", "st-es", "blur:1", "grayscale", "finetune", "probe",
+            "crop-flip:2"]
     assert main(argv) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     r = json.loads((out / "results.json").read_text())
-    assert r["attackers"] == ["none", "st-es", "blur:1", "grayscale", "finetune", "probe"]
+    assert r["attackers"] == ["none", "st-es", "blur:1", "grayscale", "finetune", "probe", "crop-flip:2"]
     assert r["skipped"] == {"grayscale": "grey data: grayscale changes nothing"} and r["prior_images"] == 80
     for name in ("clean", "random"):
         w = r["worst_case"][name]
@@ -57,6 +66,9 @@ def test_compare_reports_every_attacker_and_the_worst_case(tmp_path, capsys):
     cell = json.loads((out / "random" / "attackers" / "probe-prior-80" / "metrics.json").read_text())
     prov = cell["prior"]["provenance"]
     assert cell["prior"]["finetune"] == "linear-probe" and prov["images"] == 80 and prov["subset"] == 80
+    cf = json.loads((out / "clean" / "attackers" / "crop-flip-2" / "metrics.json").read_text())
+    assert cf["augment"] == {"augment": "crop-flip", "crop_padding": 2}
+    assert cf["history"] and cf["test_acc"] == r["worst_case"]["clean"]["by_attacker"]["crop-flip:2"]
     es = json.loads((out / "random" / "attackers" / "st-es" / "metrics.json").read_text())
     assert es["early_stopping"]["test_images"] + es["early_stopping"]["val_images"] == 100
     assert "Worst case for the protector" in printed and "| random " in printed and "grayscale: n/a" in printed

@@ -13,6 +13,9 @@ An attacker is written as one word:
 * ``finetune`` / ``low-lr`` / ``probe``: start from a prior pretrained on clean images
   disjoint from the protected ones (full fine-tune, backbone at a tenth of the rate, or a
   linear probe on its frozen features);
+* ``crop-flip`` / ``crop`` / ``flip`` (``crop-flip:P``, ``crop:P``: padding P pixels, default
+  the victim preset's): standard training with that data augmentation, the recipe most
+  image classifiers are trained with;
 * anything else is a defense spec (``jpeg:10``, ``bdr``, ``blur``, ``ueraser``,
   ``jpeg:10,grayscale``, ...), under standard training.
 
@@ -45,6 +48,8 @@ class Attacker:
     options: tuple = ()  # sorted (key, value) protocol options
     defenses: str = "none"
     finetune: str | None = None  # start from the prior in this fine-tune mode
+    augment: str | None = None  # train with this augmentation (crop-flip, crop, flip)
+    crop_padding: int | None = None  # its crop padding (None: the victim preset's)
 
     @property
     def slug(self) -> str:
@@ -68,15 +73,32 @@ def parse_attacker(text: str) -> Attacker:
     if word in _PRIOR_MODES:
         label = {"full": "finetune", "low-lr": "low-lr", "linear-probe": "probe"}[_PRIOR_MODES[word]]
         return Attacker(label, finetune=_PRIOR_MODES[word])
+    augment = _parse_augment(word)
+    if augment is not None:
+        return augment
     if word == "at" or word.startswith("at-"):
         name, options = parse_protocol(word)
         return Attacker(f"at-{dict(options)['at_eps'] * 255:g}", name, tuple(sorted(options)))
     try:
         spec = canonical_defenses(word)
     except UnlearnableError as e:
-        raise UnlearnableError(f"unknown attacker {text!r}: not none, st-es, at-E, finetune, low-lr or probe, "
-                               f"and not a defense spec ({e})") from None
+        raise UnlearnableError(f"unknown attacker {text!r}: not none, st-es, at-E, finetune, low-lr, probe, "
+                               f"crop-flip, crop or flip, and not a defense spec ({e})") from None
     return Attacker(spec, defenses=spec)
+
+
+def _parse_augment(word: str) -> Attacker | None:
+    """``crop-flip``, ``crop``, ``flip``, ``crop-flip:P``, ``crop:P`` as an attacker (None: not one)."""
+    name, _, padding = word.partition(":")
+    if name not in ("crop-flip", "crop", "flip"):
+        return None
+    if not padding:
+        return Attacker(name, augment=name)
+    if name == "flip":
+        raise UnlearnableError(f"attacker {word!r}: flip has no crop padding")
+    if not padding.isdigit() or int(padding) <= 0:
+        raise UnlearnableError(f"attacker {word!r}: the crop padding must be a positive whole number of pixels")
+    return Attacker(f"{name}:{int(padding)}", augment=name, crop_padding=int(padding))
 
 
 def parse_attackers(items) -> list[Attacker]:
@@ -104,6 +126,9 @@ def train_attacker(attacker: Attacker, train, test, victim_config, *, seed: int,
         if prior is None:
             raise UnlearnableError(f"attacker {attacker.label} needs a prior checkpoint")
         cfg = replace(cfg, init=str(prior), finetune=attacker.finetune).validate()
+    if attacker.augment is not None:
+        cfg = replace(cfg, augment=attacker.augment,
+                      crop_padding=cfg.crop_padding if attacker.crop_padding is None else attacker.crop_padding)
     return get_protocol(attacker.protocol)(train, test, cfg, seed=seed, defenses=parse_defenses(attacker.defenses),
                                            options=dict(attacker.options), desc=f"{desc} [{attacker.label}]")
 

@@ -298,6 +298,8 @@ def _attacker_cells(cell: Path, attackers, train, test, row: dict, victim_config
         keep = {k: res.extra[k] for k in ("early_stopping", "prior") if k in res.extra}
         if "robust_test_acc" in res.extra.get("at", {}):
             keep["robust_test_acc"] = res.extra["at"]["robust_test_acc"]
+        if a.augment is not None:
+            keep["augment"] = {k: res.config[k] for k in ("augment", "crop_padding")}
         write_json(path, {"attacker": a.label, "test_acc": res.test_acc, **res.best(), "train_acc": res.train_acc,
                           "victim_s": round(res.seconds, 2), **keep, "history": res.history})
         by[a.label] = res.test_acc

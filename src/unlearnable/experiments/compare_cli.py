@@ -23,7 +23,8 @@ def register(sub, common) -> None:
     common["add_mi_model_flag"](p)
     p.add_argument("--defenses", nargs="*", metavar="ATTACKER",
                    help="also train each row under these attackers and print the worst case for the protector: "
-                        "none, st-es, at-E, finetune, low-lr, probe, or a defense spec (jpeg:10, bdr, blur, "
+                        "none, st-es, at-E, finetune, low-lr, probe, crop-flip[:PAD], crop[:PAD], flip, or a defense spec "
+                        "(jpeg:10, bdr, blur, "
                         "ueraser, ...); given alone: none st-es jpeg:10 grayscale bdr blur ueraser at-4 finetune probe")
     p.add_argument("--prior-images", type=common["positive_int"], default=10000,
                    help="clean training images outside the subset the prior attackers' prior is trained on "
