@@ -1,0 +1,50 @@
+"""Pinned outputs: small CPU runs of poison (MI-UE and two baselines), train, protect and run
+leave the same bytes on disk as when the pins were taken.
+
+A refactor must keep these green. A deliberate behaviour change updates a pin in a commit of
+its own that says why (print the new digests with
+``OMP_NUM_THREADS=1 python tests/pin_runs.py DIR``). The runs use one intra-op thread in a
+fresh process: CPU kernels split their sums by thread count, so the bits depend on it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+PINS = {
+    "poison-ap-untargeted": "b0532dd399749dad8d316269a6455b93c1be5ec507cfd1aa2c7e5c711dd39e6a",
+    "poison-em": "f3fb399df10b245b90f3715b95659165d5fc98193634eb43b4ecddebe1ca656c",
+    "poison-mi-ue": "799c59cebcb052f0001b985d32ba88a256dd9ae21028cd883be88146883bc9e8",
+    "protect": "ffc9853ade73a6ab8a782aee2ada7f1c0ec67a76b52366efbe1a79e5ffb0066f",
+    "run": "faf526ad8591137008ba517a26d74b24be6605d3e676e03f848986205050ef61",
+    "train": "0cd16d5711d34ea91fe6614c32cacb2d6d7403adfacbb2ef395721202dc92954",
+}
+
+
+def test_small_runs_leave_the_pinned_bytes(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("pin_runs.py")), str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    changed = {job: got[job] for job in PINS if got.get(job) != PINS[job]}
+    assert not changed, f"outputs changed (new digests): {changed}"
+
+
+def test_the_digest_ignores_timings_and_the_work_folder_but_not_values(tmp_path, monkeypatch):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from pin_runs import tree_digest
+    monkeypatch.chdir(tmp_path)
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, secs in ((a, 1.5), (b, 7.25)):
+        d.mkdir()
+        (d / "m.json").write_text(json.dumps({"acc": 0.5, "seconds": secs, "out": str(tmp_path / "x"),
+                                              "timings": {"generate_s": secs}}))
+        (d / "w.bin").write_bytes(b"\x00\x01")
+    assert tree_digest(a) == tree_digest(b)
+    (b / "m.json").write_text(json.dumps({"acc": 0.51, "seconds": 1.5, "out": str(tmp_path / "x")}))
+    assert tree_digest(a) != tree_digest(b)
+    (b / "m.json").write_text((a / "m.json").read_text())
+    (b / "w.bin").write_bytes(b"\x00\x02")
+    assert tree_digest(a) != tree_digest(b)
