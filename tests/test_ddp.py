@@ -5,6 +5,7 @@ import torch
 
 from conftest import make_learnable
 from unlearnable import distributed as D
+from unlearnable import sharding as S
 from unlearnable.attacks import get_attack
 from unlearnable.data import ImageDataset
 from unlearnable.errors import UnlearnableError
@@ -24,22 +25,22 @@ def _data():
 
 
 def test_shard_bounds():
-    assert D.train_shards(10, 3) == [(0, 4), (4, 7), (7, 10)]
-    assert D.pgd_shards(100, 2, 16) == [(0, 64), (64, 100)]  # whole 16-row chunks: 4 + 3
-    assert D.pgd_shards(4, 2, 16) == [(0, 4), (4, 4)]
+    assert S.train_shards(10, 3) == [(0, 4), (4, 7), (7, 10)]
+    assert S.pgd_shards(100, 2, 16) == [(0, 64), (64, 100)]  # whole 16-row chunks: 4 + 3
+    assert S.pgd_shards(4, 2, 16) == [(0, 4), (4, 4)]
     for b in range(1, 40):
         for w in (1, 2, 3):
-            for split in ([D.train_shards(b, w)] if b >= w else []) + [D.pgd_shards(b, w, 5)]:
+            for split in ([S.train_shards(b, w)] if b >= w else []) + [S.pgd_shards(b, w, 5)]:
                 assert split[0][0] == 0 and split[-1][1] == b
                 assert all(s1 == e0 for (_, e0), (s1, _) in zip(split, split[1:]))
     with pytest.raises(UnlearnableError, match="cannot be split over 3 shards"):
-        D.train_shards(2, 3)
+        S.train_shards(2, 3)
 
 
 def test_one_shard_is_the_plain_run():
     train, _ = _data()
     cfg = get_attack("mi-ue").from_preset("cpu", **MIUE).config
-    assert D.sharding_for(cfg) is None
+    assert S.sharding_for(cfg) is None
     with pytest.raises(UnlearnableError, match="shards must be positive"):
         get_attack("mi-ue").from_preset("cpu", **MIUE, shards=0)
 

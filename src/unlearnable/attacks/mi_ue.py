@@ -51,7 +51,7 @@ class MIUEConfig:
     device: str = "auto"
     bf16: bool = False
     channels_last: bool = True
-    # DDP: each batch split over this many shards (unlearnable.distributed; torchrun sets it to the
+    # DDP: each batch split over this many shards (unlearnable.sharding; torchrun sets it to the
     # world size, and one process with the same value reproduces a 2-rank run bit for bit); 1: plain run.
     shards: int = 1
 

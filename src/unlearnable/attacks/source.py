@@ -26,9 +26,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import UnlearnableError
 from ..models import build_model
 from ..progress import bar
 from ..runtime import autocast, make_generator, prepare_model, resolve_device, seed_everything, to_model_input
+from ..sharding import sharding_for
 from ..train.loops import TensorData, batches, evaluate, num_batches, sgd_cosine, train_epoch
 from ..data.augment import build_augment
 from .base import AttackResult, Checkpoint, rng_state, set_rng_state
@@ -95,9 +97,8 @@ class SourceRun:
             self.start, self.history, elapsed = state["epoch"], list(state["history"]), state["elapsed"]
             self.extra = dict(state.get("extra", {}))
         self.t0 = time.time() - elapsed
-        # DDP hook (unlearnable.distributed): batches split over ranks, or the same arithmetic in
+        # DDP hook (unlearnable.sharding): batches split over ranks, or the same arithmetic in
         # one process, when the config asks for shards; None for the plain run.
-        from ..distributed import sharding_for
         self.sharding = sharding_for(cfg)
         if self.sharding is not None and not self.sharding.writer:
             self.ckpt = None  # rank 0 writes the checkpoint; the others only read it on resume
@@ -152,10 +153,11 @@ class SourceRun:
         ``start_batch``/``stop_batch`` select a slice of an unshuffled pass (for attacks
         that checkpoint inside one pass).
         """
-        if self.sharding is not None and self.sharding.distributed:  # DDP hook
-            return self.sharding.update_poisons(self, update, shuffle=shuffle, on_batch=on_batch,
-                                                start_batch=start_batch, stop_batch=stop_batch)
         gen = self.gen if shuffle else None
+        if self.sharding is not None and self.sharding.distributed:  # DDP hook
+            return self.sharding.update_poisons(self, update, batches(len(self.data), self.cfg.batch_size, gen,
+                                                                      self.device),
+                                                on_batch=on_batch, start_batch=start_batch, stop_batch=stop_batch)
         for b, idx in enumerate(batches(len(self.data), self.cfg.batch_size, gen, self.device)):
             if b < start_batch:
                 continue
@@ -177,8 +179,12 @@ class SourceRun:
     def train_pass(self, augment=None, *, delta: torch.Tensor | None = None, max_batches: int | None = None,
                    perturb=None, on_batch=None) -> tuple[float, float]:
         if self.sharding is not None:  # DDP hook
-            return self.sharding.train_pass(self, augment, delta=delta, max_batches=max_batches, perturb=perturb,
-                                            on_batch=on_batch)
+            if perturb is not None:
+                raise UnlearnableError(f"{self.name}: sharded (DDP) source training does not support adversarial "
+                                       f"training")
+            step = self.sharding.step_fn(bf16=self.cfg.bf16, channels_last=self.cfg.channels_last)
+            return train_epoch(self.model, self.opt, self.data, batch_size=self.cfg.batch_size, generator=self.gen,
+                               augment=augment, delta=delta, on_batch=on_batch, max_batches=max_batches, step=step)
         return train_epoch(self.model, self.opt, self.data, batch_size=self.cfg.batch_size, generator=self.gen,
                            augment=augment, delta=delta, bf16=self.cfg.bf16, channels_last=self.cfg.channels_last,
                            on_batch=on_batch, max_batches=max_batches, perturb=perturb)

@@ -3,11 +3,11 @@
 ``torchrun --nproc_per_node=N -m unlearnable.distributed train ...`` calls
 :func:`train_victim_ddp`. The loop is :func:`unlearnable.train.train_victim`'s (same
 batches, augmentation, schedule and per-epoch clean test accuracy), with each step done by
-:class:`unlearnable.distributed.Sharding`: every rank draws the same batch, keeps its
+:class:`unlearnable.sharding.Sharding`: every rank draws the same batch, keeps its
 shard, gradients are averaged by ``DistributedDataParallel`` and the BatchNorm running
 statistics are averaged after each step. In one process with ``shards=W`` the same
 arithmetic runs sequentially; with W = 2 the two give identical weights (see the module
-docstring of :mod:`unlearnable.distributed`). Data and batch defenses and the other
+docstring of :mod:`unlearnable.sharding`). Data and batch defenses and the other
 protocols are not supported on this path; ``unlearnable run`` covers them.
 """
 
@@ -16,19 +16,21 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
+import torch
+
 from ..data.augment import build_augment
 from ..models import build_model
 from ..progress import bar
 from ..runtime import make_generator, prepare_model, resolve_device, seed_everything
+from ..sharding import Sharding, world
 from . import standard
-from .loops import TensorData, num_batches, sgd_cosine
+from .loops import TensorData, evaluate, num_batches, sgd_cosine, train_epoch
 
 
 def train_victim_ddp(train, test, cfg, *, seed: int = 0, shards: int | None = None,
                      desc: str = "victim (ddp)") -> standard.TrainResult:
     """Train ``cfg.model`` from scratch on ``train`` with each batch split over ``shards``
     (default: the world size of the process group, 1 without one)."""
-    from ..distributed import Sharding, world
     cfg.validate()
     sh = Sharding(shards or world()[1])
     device = resolve_device(cfg.device)
@@ -44,12 +46,26 @@ def train_victim_ddp(train, test, cfg, *, seed: int = 0, shards: int | None = No
     history, t0 = [], time.time()
     with bar(total=cfg.epochs * num_batches(len(tr), cfg.batch_size), desc=desc, unit="batch") as pb:
         for epoch in range(cfg.epochs):
-            loss, acc = sh.train_epoch(model, opt, tr, batch_size=cfg.batch_size, generator=gen, augment=augment,
-                                       bf16=cfg.bf16, channels_last=cfg.channels_last, on_batch=pb.update)
+            loss, acc = train_epoch(model, opt, tr, batch_size=cfg.batch_size, generator=gen, augment=augment,
+                                    on_batch=pb.update,
+                                    step=sh.step_fn(bf16=cfg.bf16, channels_last=cfg.channels_last))
             sched.step()
-            test_acc = sh.evaluate(model, te, bf16=cfg.bf16, channels_last=cfg.channels_last)
+            test_acc = evaluate_sharded(sh, model, te, bf16=cfg.bf16, channels_last=cfg.channels_last)
             history.append({"epoch": epoch + 1, "loss": round(loss, 5), "train_acc": round(acc, 5),
                             "test_acc": round(test_acc, 5), "seconds": round(time.time() - t0, 2)})
-    train_acc = sh.evaluate(model, tr, bf16=cfg.bf16, channels_last=cfg.channels_last)
+    train_acc = evaluate_sharded(sh, model, tr, bf16=cfg.bf16, channels_last=cfg.channels_last)
     return standard.TrainResult(test_acc=history[-1]["test_acc"], train_acc=train_acc, history=history,
                                 seconds=time.time() - t0, config={**asdict(cfg), "shards": sh.w}, model=model)
+
+
+@torch.no_grad()
+def evaluate_sharded(sh: Sharding, model, data: TensorData, *, batch_size: int = 256, bf16=False,
+                     channels_last=False) -> float:
+    """Accuracy on ``data``: each shard of the rows scored separately, counts summed."""
+    model.eval()
+    correct = torch.zeros((), dtype=torch.float64)
+    for s, e in sh.eval_bounds(len(data)):
+        if e > s:
+            part = TensorData(data.x[s:e], data.y[s:e])
+            correct += evaluate(model, part, batch_size=batch_size, bf16=bf16, channels_last=channels_last) * (e - s)
+    return float(sh.all_sum(correct, data.x.device).round()) / max(1, len(data))

@@ -68,7 +68,7 @@ def train_epoch(model, optimizer, data: TensorData, *, batch_size: int, generato
     given, replaces each batch last, just before the step (adversarial training); it must
     leave the model in train mode. ``step(model, optimizer, x, target)``, when given,
     replaces the SGD step and returns (sum of losses, number correct) over the batch
-    (the data-parallel step of :mod:`unlearnable.distributed`). Returns (mean loss,
+    (the data-parallel step of :mod:`unlearnable.sharding`). Returns (mean loss,
     accuracy) over the batches seen, measured on the inputs the model was trained on
     (against the largest soft label).
     """
