@@ -18,7 +18,9 @@ from conftest import make_learnable
 from unlearnable.errors import UnlearnableError
 from unlearnable.experiments.config import load_spec, parse_spec
 from unlearnable.experiments.report import write_report
-from unlearnable.experiments.runner import load_data, plan, run_experiment, _data_dict
+from unlearnable.experiments.loading import load_data
+from unlearnable.experiments.plan import data_dict, plan
+from unlearnable.experiments.runner import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = {"seconds", "task_seconds", "finished_at", "train_seconds", "generate_s", "defense_seconds"}
@@ -120,7 +122,7 @@ def _plan(path, **changes):
     raw = yaml.safe_load(Path(path).read_text())
     raw.update(changes)
     spec = parse_spec(raw, origin=str(path), base_dir=str(Path(path).parent))
-    return plan(spec, load_data(_data_dict(spec)))
+    return plan(spec, load_data(data_dict(spec)))
 
 
 def test_plan_keys_are_stable_and_change_only_with_what_determines_a_cell(tmp_path):
@@ -309,7 +311,7 @@ def test_shipped_specs_parse_and_paper_lite_plans_its_filters():
     load_spec(ROOT / "configs" / "paper-cifar10.yaml")
     assert lite.protocols["at-4"].preset == "cpu-at" and lite.poison_seed == "first"
     try:
-        data = load_data(_data_dict(lite))
+        data = load_data(data_dict(lite))
     except UnlearnableError:
         pytest.skip("the embedded Fashion-MNIST is not installed")
     tasks = plan(lite, data)
@@ -322,7 +324,7 @@ def test_shipped_specs_parse_and_paper_lite_plans_its_filters():
     shallow = {t.cell["estimator"] for t in tasks if t.kind == "mi" and t.cell["victim"] == "linear"}
     assert shallow == {"hist"}
     # the AT cells train with the protocol's victim preset (a step schedule), ST cells with the victim's
-    from unlearnable.experiments.runner import _victim_config
+    from unlearnable.experiments.plan import _victim_config
     assert _victim_config(lite.victims["cnn"], lite.protocols["at-4"])["schedule"] == "step"
     assert _victim_config(lite.victims["cnn"], lite.protocols["st"])["schedule"] == "cosine"
 

@@ -20,7 +20,8 @@ import torch
 
 from ..errors import UnlearnableError
 from ..fsutil import save_npz
-from .runner import Task, load_data, victim_settings
+from .loading import load_data
+from .plan import Task, victim_settings
 
 _POISON_CACHE: dict = {}
 

@@ -85,7 +85,7 @@ def estimate(t, data, device: str) -> float:
     if t.kind == "victim":
         v, proto = p["victim"], p["protocol"]
         from ..train import victim_preset
-        from .runner import victim_settings
+        from .plan import victim_settings
         preset, opts = victim_settings(v, proto)
         cfg = victim_preset(preset, **opts)
         f = forward_flops(cfg.model, c, k, size)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fsutil import atomic_path
-from .report import PCT, RunView, _acc, _depth_sorted, mean_std, ratio_series
+from .run_view import PCT, RunView, depth_sorted, mean_std, ratio_series, test_acc_of
 
 
 def _plt():
@@ -78,7 +78,7 @@ def fig1(view: RunView, path: Path) -> bool:
 
 def fig2(view: RunView, path: Path) -> bool:
     p, est = view.main["protocol"], view.main["estimator"]
-    vs = [v for v in _depth_sorted(view, view.victims)
+    vs = [v for v in depth_sorted(view, view.victims)
           if view.planned("victim", "clean", victim=v, protocol=p, defense="none")]
     attacks = view.plain[1:]
     if len(vs) < 2 or not attacks:
@@ -92,7 +92,7 @@ def fig2(view: RunView, path: Path) -> bool:
     for i, a in enumerate(attacks):
         ax = axes[i // ncol][i % ncol]
         kws = [{"victim": v, "protocol": p, "defense": "none"} for v in vs]
-        acc = [mean_std(view.gap("victim", a, _acc, **kw)) for kw in kws]
+        acc = [mean_std(view.gap("victim", a, test_acc_of, **kw)) for kw in kws]
         mi = [mean_std(view.gap("mi", a, "mean", **kw, estimator=est)) for kw in kws]
         am = np.array([m for m, _, _ in acc]) * PCT
         asd = np.nan_to_num(np.array([s for _, s, _ in acc])) * PCT

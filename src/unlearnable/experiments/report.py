@@ -28,83 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UnlearnableError
 from ..fsutil import atomic_path, write_json
 from .cache import RunStore
-from .config import DEPTH_ORDER, model_key
-
-PCT = 100.0
-
-
-class RunView:
-    """The planned cells and finished results of a run directory, indexed for tables."""
-
-    def __init__(self, run_dir, main: dict | None = None):
-        self.store = RunStore(run_dir)
-        self.plan = self.store.read_plan()
-        for k, v in (main or {}).items():
-            known = {"victim": self.plan["victims"], "protocol": self.plan["protocols"],
-                     "estimator": self.plan["mi"]["estimators"]}[k]
-            if v not in known:
-                raise UnlearnableError(f"--{k} {v!r} is not in this run; choose from {', '.join(known)}")
-            self.plan["report"][k] = v
-        self.results = self.store.load_results()
-        self.tasks = self.plan["tasks"]
-        self.attacks = [a for a in self.plan["attacks"]]
-        self.labels = [a["label"] for a in self.attacks]
-        self.plain = [a["label"] for a in self.attacks if not a.get("classes") and a.get("ratio") is None]
-        self.victims = self.plan["victims"]
-        self.protocols = self.plan["protocols"]
-        self.seeds = self.plan["seeds"]
-        self.main = self.plan["report"]
-        self.estimators = list(self.plan["mi"]["estimators"])
-        self.reasons: dict[str, str] = {}
-        self.by_coord: dict[tuple, dict] = {}
-        for t in self.tasks:
-            c = t["cell"]
-            coord = (t["kind"], c.get("attack"), c.get("victim"), c.get("protocol"), c.get("defense"),
-                     c.get("estimator"))
-            slot = self.by_coord.setdefault(coord, {"seeds": {}, "unavailable": None})
-            if t["unavailable"]:
-                slot["unavailable"] = t["unavailable"]
-            elif t["key"] in self.results:
-                slot["seeds"][c["seed"]] = self.results[t["key"]]
-
-    # -- lookups -----------------------------------------------------------------------------
-    def slot(self, kind, attack, victim=None, protocol=None, defense=None, estimator=None) -> dict | None:
-        return self.by_coord.get((kind, attack, victim, protocol, defense, estimator))
-
-    def planned(self, kind, attack, **kw) -> bool:
-        return self.slot(kind, attack, **kw) is not None
-
-    def values(self, kind, attack, field, **kw) -> dict:
-        """seed -> value of ``field`` (a key or a function of the record) for finished cells."""
-        s = self.slot(kind, attack, **kw)
-        if s is None:
-            return {}
-        get = field if callable(field) else (lambda r: r.get(field))
-        out = {}
-        for seed, rec in s["seeds"].items():
-            v = get(rec)
-            if v is not None:
-                out[seed] = float(v)
-        return out
-
-    def unavailable(self, kind, attack, **kw) -> str | None:
-        s = self.slot(kind, attack, **kw)
-        return s["unavailable"] if s else None
-
-    def gap(self, kind, attack, field, **kw) -> dict:
-        """seed -> clean value - attack value (paired by seed)."""
-        a, c = self.values(kind, attack, field, **kw), self.values(kind, "clean", field, **kw)
-        return {s: c[s] - a[s] for s in a if s in c}
-
-
-def mean_std(vals) -> tuple[float, float, int]:
-    v = np.asarray(list(vals.values()) if isinstance(vals, dict) else list(vals), dtype=np.float64)
-    if v.size == 0:
-        return math.nan, math.nan, 0
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan, int(v.size)
+from .run_view import PCT, RunView, depth_sorted, mean_std, ratio_series, test_acc_of
 
 
 class Table:
@@ -169,16 +95,6 @@ class Table:
         return buf.getvalue()
 
 
-def _acc(rec):
-    return rec.get("test_acc")
-
-
-def _depth_sorted(view: RunView, victims) -> list[str]:
-    rank = {m: i for i, m in enumerate(DEPTH_ORDER)}
-    return sorted(victims, key=lambda v: (rank.get(model_key(view.victims[v]["model"]), len(rank)),
-                                          list(view.victims).index(v)))
-
-
 def _spearman(xs: list, ys: list) -> dict:
     """Spearman's rho over the pairs without NaN; rho and p are None (JSON null, with the
     reason) when it is undefined: fewer than 3 pairs, or one side constant (measure.spearman)."""
@@ -203,12 +119,12 @@ def table1(view: RunView, summary: dict) -> Table:
     t = Table(f"Table 1: test accuracy (%) and MI for victim {v} ({p}), per attack", "", ["clean"] + view.plain[1:])
     row = []
     for a in view.plain:
-        row.append(t.cell(view, view.values("victim", a, _acc, **kw), view.unavailable("victim", a, **kw), PCT))
+        row.append(t.cell(view, view.values("victim", a, test_acc_of, **kw), view.unavailable("victim", a, **kw), PCT))
     t.add("Test Acc (%)", row)
-    t.add("Acc Gap (%)", ["-"] + [t.cell(view, view.gap("victim", a, _acc, **kw), view.unavailable("victim", a, **kw),
+    t.add("Acc Gap (%)", ["-"] + [t.cell(view, view.gap("victim", a, test_acc_of, **kw), view.unavailable("victim", a, **kw),
                                          PCT) for a in view.plain[1:]])
     spear = {}
-    acc_gaps = [mean_std(view.gap("victim", a, _acc, **kw))[0] for a in view.plain[1:]]
+    acc_gaps = [mean_std(view.gap("victim", a, test_acc_of, **kw))[0] for a in view.plain[1:]]
     for est in view.estimators:
         ek = {**kw, "estimator": est}
         t.add(f"MI [{est}]", [t.cell(view, view.values("mi", a, "mean", **ek), view.unavailable("mi", a, **ek), 1, 4)
@@ -248,7 +164,7 @@ def _grid(view, title, rows, cols, getter, corner="") -> Table:
                 cells.append("")
                 continue
             attack, kw = grid[i][j]
-            cells.append(t.cell(view, view.values("victim", attack, _acc, **kw),
+            cells.append(t.cell(view, view.values("victim", attack, test_acc_of, **kw),
                                 view.unavailable("victim", attack, **kw), PCT))
         t.add(rows[i][0], cells)
     return t
@@ -256,7 +172,7 @@ def _grid(view, title, rows, cols, getter, corner="") -> Table:
 
 def table3(view: RunView) -> Table | None:
     p = view.main["protocol"]
-    vs = [v for v in _depth_sorted(view, view.victims) if view.planned("victim", "clean", victim=v, protocol=p,
+    vs = [v for v in depth_sorted(view, view.victims) if view.planned("victim", "clean", victim=v, protocol=p,
                                                                        defense="none")][::-1]
     if len(vs) < 2:
         return None
@@ -314,7 +230,7 @@ def table_worst(view: RunView) -> Table | None:
         cells = {}
         for (kind, attack, victim, protocol, defense, _), slot in view.by_coord.items():
             if kind == "victim" and attack == a and slot["seeds"]:
-                m, _, _ = mean_std(view.values("victim", a, _acc, victim=victim, protocol=protocol, defense=defense))
+                m, _, _ = mean_std(view.values("victim", a, test_acc_of, victim=victim, protocol=protocol, defense=defense))
                 if not math.isnan(m):
                     cells[f"{victim}:{protocol}:{defense}"] = (victim, protocol, defense, m)
         if cells:
@@ -326,7 +242,7 @@ def table_worst(view: RunView) -> Table | None:
     for a, cells in rows:
         label = max(cells, key=lambda k: cells[k][3])  # the first planned on ties
         victim, protocol, defense, _ = cells[label]
-        vals = view.values("victim", a, _acc, victim=victim, protocol=protocol, defense=defense)
+        vals = view.values("victim", a, test_acc_of, victim=victim, protocol=protocol, defense=defense)
         t.add(a, [str(len(cells)), t.cell(view, vals, None, PCT), label])
     t.notes.append("mean over seeds per cell; the cell with the highest mean is named")
     return t
@@ -334,17 +250,17 @@ def table_worst(view: RunView) -> Table | None:
 
 def table13(view: RunView) -> Table | None:
     p, est = view.main["protocol"], view.main["estimator"]
-    vs = [v for v in _depth_sorted(view, view.victims) if view.planned("victim", "clean", victim=v, protocol=p,
+    vs = [v for v in depth_sorted(view, view.victims) if view.planned("victim", "clean", victim=v, protocol=p,
                                                                        defense="none")]
     if len(vs) < 2:
         return None
     t = Table(f"Table 13: accuracy (%) and MI [{est}] by victim depth ({p})", "", vs)
     for a in view.plain:
         kws = [{"victim": v, "protocol": p, "defense": "none"} for v in vs]
-        t.add(f"{a} Acc (%)", [t.cell(view, view.values("victim", a, _acc, **kw), view.unavailable("victim", a, **kw),
+        t.add(f"{a} Acc (%)", [t.cell(view, view.values("victim", a, test_acc_of, **kw), view.unavailable("victim", a, **kw),
                                       PCT) for kw in kws])
         if a != "clean":
-            t.add(f"{a} Acc Gap (%)", [t.cell(view, view.gap("victim", a, _acc, **kw),
+            t.add(f"{a} Acc Gap (%)", [t.cell(view, view.gap("victim", a, test_acc_of, **kw),
                                               view.unavailable("victim", a, **kw), PCT) for kw in kws])
         if est in view.estimators:
             t.add(f"{a} MI", [t.cell(view, view.values("mi", a, "mean", **kw, estimator=est),
@@ -373,7 +289,7 @@ def table21(view: RunView, summary: dict) -> Table | None:
         t.add(a, [t.cell(view, nv, why, PCT), t.cell(view, dv, why, PCT)])
         noise.append(mean_std(nv)[0])
         dset.append(mean_std(dv)[0])
-        gaps.append(mean_std(view.gap("victim", a, _acc, **kw))[0])
+        gaps.append(mean_std(view.gap("victim", a, test_acc_of, **kw))[0])
     summary["spearman_acc_separability"] = {"noise": _spearman(gaps, noise), "dataset": _spearman(gaps, dset)}
     t.notes.append(f"Spearman(acc gap of {kw['victim']}, noise train acc): "
                    f"{_fmt_rho(summary['spearman_acc_separability']['noise'])}")
@@ -428,24 +344,6 @@ def table20(view: RunView) -> Table | None:
                  [(c, c) for c in cols], [(a, a) for a in view.plain], get, "protocol")
 
 
-def ratio_series(view: RunView) -> dict:
-    """method label -> [(ratio, accuracy values by seed, unavailable)], with 0 = clean and 1 = the plain attack."""
-    v, p = view.main["victim"], view.main["protocol"]
-    kw = {"victim": v, "protocol": p, "defense": "none"}
-    series: dict = {}
-    for a in view.attacks:
-        if a.get("ratio") is None:
-            continue
-        base = next((b for b in view.attacks if b["method"] == a["method"] and b.get("ratio") is None
-                     and not b.get("classes") and b["options"] == a["options"] and b["preset"] == a["preset"]), None)
-        name = base["label"] if base else a["method"]
-        s = series.setdefault(name, {0.0: (view.values("victim", "clean", _acc, **kw), None)})
-        if base:
-            s[1.0] = (view.values("victim", base["label"], _acc, **kw), view.unavailable("victim", base["label"], **kw))
-        s[float(a["ratio"])] = (view.values("victim", a["label"], _acc, **kw), view.unavailable("victim", a["label"], **kw))
-    return {k: sorted(v.items()) for k, v in series.items()}
-
-
 def table_ratio(view: RunView) -> Table | None:
     series = ratio_series(view)
     if not series:
@@ -472,8 +370,8 @@ def cells_csv(view: RunView) -> str:
     r4 = lambda x: "" if math.isnan(x) else round(x, 6)  # noqa: E731
     for a, v, p, d in coords:
         kw = {"victim": v, "protocol": p, "defense": d}
-        m, s, n = mean_std(view.values("victim", a, _acc, **kw))
-        gm, gs, _ = mean_std(view.gap("victim", a, _acc, **kw)) if a != "clean" else (math.nan, math.nan, 0)
+        m, s, n = mean_std(view.values("victim", a, test_acc_of, **kw))
+        gm, gs, _ = mean_std(view.gap("victim", a, test_acc_of, **kw)) if a != "clean" else (math.nan, math.nan, 0)
         row = [a, v, p, d, n, r4(m), r4(s), r4(gm), r4(gs)]
         for est in view.estimators:
             mm, ms, _ = mean_std(view.values("mi", a, "mean", **kw, estimator=est))

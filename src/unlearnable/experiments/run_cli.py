@@ -25,12 +25,13 @@ def register(sub, common) -> None:
 
 def cmd_run(args) -> None:
     from ..errors import UnlearnableError
-    from .runner import _fmt_s, run_experiment
+    from .plan import format_seconds
+    from .runner import run_experiment
     s = run_experiment(args.config, args.out, dry_run=args.dry_run, devices=args.devices)
     if args.dry_run:
         return
     print(f"{s.done} cells run, {s.cached} reused, {s.unavailable} unavailable, {s.blocked} blocked, "
-          f"{len(s.failed)} failed in {_fmt_s(s.seconds)}; results: {s.run_dir / 'results.jsonl'}")
+          f"{len(s.failed)} failed in {format_seconds(s.seconds)}; results: {s.run_dir / 'results.jsonl'}")
     print(f"next: unlearnable report {s.run_dir}")
     sys.stdout.flush()
     if s.failed:
