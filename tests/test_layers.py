@@ -1,0 +1,127 @@
+"""The package's import graph: no cycles between modules, and the library never reaches up.
+
+Every ``import`` and ``from ... import`` of every module is read from its source (imports
+inside functions included: they run too, only later), so a cycle hidden by a deferred
+import is still one."""
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+#: Modules every layer may use.
+BASE = {"unlearnable", "unlearnable.errors", "unlearnable.fsutil", "unlearnable.progress", "unlearnable.runtime",
+        "unlearnable.sharding"}
+#: The library's packages; each may use BASE and the packages listed for it.
+LIBRARY = {
+    "data": set(),
+    "models": {"data"},
+    "attacks": {"data", "models", "train"},
+    "train": {"data", "models", "attacks", "defenses"},
+    "defenses": {"data", "models", "train"},
+    "measure": {"data", "models", "train"},
+}
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for p in (SRC / "unlearnable").rglob("*.py"):
+        parts = list(p.relative_to(SRC).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = p
+    return out
+
+
+def imports(name: str, path: Path, known) -> set[str]:
+    """The package modules ``name`` imports (a submodule when the name imported is one)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "unlearnable"}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            elif (node.module or "").split(".")[0] == "unlearnable":
+                target = node.module
+            else:
+                continue
+            for a in node.names:
+                found.add(f"{target}.{a.name}" if f"{target}.{a.name}" in known else target)
+    return {m for m in found if m in known and m != name}
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    return {m: imports(m, p, mods) for m, p in mods.items()}
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan, iterative)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+    for root in edges:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(edges[root])))]
+        index[root] = low[root] = counter[0]
+        counter[0] += 1
+        stack.append(root)
+        on.add(root)
+        while work:
+            v, it = work[-1]
+            w = next(it, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = counter[0]
+                    counter[0] += 1
+                    stack.append(w)
+                    on.add(w)
+                    work.append((w, iter(sorted(edges[w]))))
+                elif w in on:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                if len(comp) > 1:
+                    out.append(sorted(comp))
+    return out
+
+
+def test_the_reader_sees_deferred_and_relative_imports():
+    edges = graph()
+    assert "unlearnable.attacks.source" in edges["unlearnable.attacks.mi_ue"]
+    assert "unlearnable.sharding" in edges["unlearnable.attacks.source"]
+    # an import inside a function body counts
+    assert "unlearnable.experiments.cells" in edges["unlearnable.experiments.runner"]
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycle_between_modules():
+    assert cycles(graph()) == []
+
+
+def test_the_library_never_imports_the_layers_above_it():
+    wrong = []
+    for mod, targets in graph().items():
+        parts = mod.split(".")
+        if len(parts) < 2 or parts[1] not in LIBRARY:
+            continue
+        allowed = {parts[1]} | LIBRARY[parts[1]]
+        for t in targets:
+            tp = t.split(".")
+            if t in BASE or (len(tp) > 1 and tp[1] in allowed):
+                continue
+            wrong.append(f"{mod} -> {t}")
+    assert not wrong, "library modules import higher layers:\n" + "\n".join(sorted(wrong))
