@@ -33,11 +33,12 @@ def modules() -> dict[str, Path]:
     return out
 
 
-def imports(name: str, path: Path, known) -> set[str]:
-    """The package modules ``name`` imports (a submodule when the name imported is one)."""
+def imports(name: str, path: Path, known, tree: ast.AST | None = None) -> set[str]:
+    """The package modules ``name`` imports (a submodule when the name imported is one);
+    ``tree``: only the imports inside this part of the module's syntax tree."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree if tree is not None else ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.split(".")[0] == "unlearnable"}
         elif isinstance(node, ast.ImportFrom):
@@ -125,3 +126,45 @@ def test_the_library_never_imports_the_layers_above_it():
                 continue
             wrong.append(f"{mod} -> {t}")
     assert not wrong, "library modules import higher layers:\n" + "\n".join(sorted(wrong))
+
+
+#: The command-line package: the only place that parses arguments.
+CLI = "unlearnable.cli"
+#: ``torchrun -m unlearnable.distributed``: a library module whose ``main`` hands over to the CLI.
+ALIAS, ALIAS_TARGET = "unlearnable.distributed", "unlearnable.cli.distributed"
+
+
+def in_cli(mod: str) -> bool:
+    return mod == CLI or mod.startswith(CLI + ".")
+
+
+def imports_argparse(path: Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "argparse" for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "argparse":
+            return True
+    return False
+
+
+def test_only_the_cli_parses_arguments():
+    mods = modules()
+    assert imports_argparse(mods["unlearnable.cli.common"])  # the reader sees it where it is
+    wrong = sorted(m for m, p in mods.items() if not in_cli(m) and imports_argparse(p))
+    assert not wrong, "argparse imported outside unlearnable.cli:\n" + "\n".join(wrong)
+
+
+def test_the_library_never_imports_the_cli():
+    mods, edges = modules(), graph()
+    assert ALIAS_TARGET in edges[ALIAS]  # the reader sees the alias's deferred import
+    wrong = [f"{m} -> {t}" for m, targets in edges.items() if not in_cli(m) and m != ALIAS
+             for t in targets if in_cli(t)]
+    # the alias: only ``main`` may import the CLI, and only its torchrun command line
+    tree = ast.parse(mods[ALIAS].read_text())
+    mains = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main"]
+    assert len(mains) == 1
+    tree.body = [n for n in tree.body if n is not mains[0]]
+    wrong += [f"{ALIAS} (outside main) -> {t}" for t in imports(ALIAS, mods[ALIAS], mods, tree) if in_cli(t)]
+    wrong += [f"{ALIAS}.main -> {t}" for t in imports(ALIAS, mods[ALIAS], mods, mains[0])
+              if in_cli(t) and t != ALIAS_TARGET]
+    assert not wrong, "library modules import the CLI:\n" + "\n".join(sorted(wrong))

@@ -16,7 +16,7 @@ from unlearnable.runtime import make_generator
 from unlearnable.train import ATConfig, TensorData, get_protocol, protocol_names, robust_accuracy, victim_preset
 from unlearnable.train.adversarial import pgd_adversary
 from unlearnable.train.standard import preset_name
-from unlearnable.train_cli import build_cells, parse_cell
+from unlearnable.experiments.evaluate import build_cells, parse_cell
 
 
 def tiny(n=440, size=12, channels=1, train=240, seed=1):

@@ -287,12 +287,12 @@ def test_refused_in_one_line_and_nothing_changes(ws, capsys, argv, needle):
 
 def test_a_bug_is_one_line_with_a_traceback_file(capsys, monkeypatch):
     """An unexpected exception: one line saying it is a bug, exit 1, the traceback in a file."""
-    import unlearnable.cli as cli
+    import unlearnable.cli.measure as measure_cmd
 
     def broken(args):
         raise ZeroDivisionError("something the code did not expect")
 
-    monkeypatch.setitem(cli.COMMANDS, "measure", broken)
+    monkeypatch.setattr(measure_cmd, "cmd_measure", broken)
     code = run_cli(["measure", "--poisoned", "x"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1
@@ -308,13 +308,13 @@ def test_a_bug_is_one_line_with_a_traceback_file(capsys, monkeypatch):
 def test_os_errors_are_one_line_naming_the_file(capsys, monkeypatch, errno_name, needle):
     import errno
 
-    import unlearnable.cli as cli
+    import unlearnable.cli.measure as measure_cmd
 
     def failing(args):
         code = getattr(errno, errno_name)
         raise OSError(code, os.strerror(code), "/data/out/x.png")
 
-    monkeypatch.setitem(cli.COMMANDS, "measure", failing)
+    monkeypatch.setattr(measure_cmd, "cmd_measure", failing)
     code = run_cli(["measure", "--poisoned", "x"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and needle in err[0] and "/data/out/x.png" in err[0]

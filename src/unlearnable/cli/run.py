@@ -1,11 +1,11 @@
-"""CLI extension: ``unlearnable run CONFIG.yaml`` and ``unlearnable report RUN_DIR``."""
+"""``unlearnable run CONFIG.yaml`` and ``unlearnable report RUN_DIR``."""
 
 from __future__ import annotations
 
 import sys
 
 
-def register(sub, common) -> None:
+def register(sub) -> None:
     r = sub.add_parser("run", help="run an experiment spec (attacks x victims x protocols/defenses x seeds, MI)")
     r.add_argument("config", metavar="CONFIG.yaml", help="experiment spec (see docs/experiments.md)")
     r.add_argument("--out", metavar="RUN_DIR", help="run directory (default: the spec's 'out', else runs/<name>)")
@@ -25,8 +25,8 @@ def register(sub, common) -> None:
 
 def cmd_run(args) -> None:
     from ..errors import UnlearnableError
-    from .plan import format_seconds
-    from .runner import run_experiment
+    from ..experiments.plan import format_seconds
+    from ..experiments.runner import run_experiment
     s = run_experiment(args.config, args.out, dry_run=args.dry_run, devices=args.devices)
     if args.dry_run:
         return
@@ -41,7 +41,7 @@ def cmd_run(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from .report import write_report
+    from ..experiments.report import write_report
     main = {k: getattr(args, k) for k in ("victim", "protocol", "estimator") if getattr(args, k)}
     res = write_report(args.run_dir, figures=not args.no_figures, main=main)
     print(res["summary"])

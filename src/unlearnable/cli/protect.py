@@ -1,4 +1,4 @@
-"""``unlearnable protect`` and ``unlearnable verify`` (a CLI extension module).
+"""``unlearnable protect`` and ``unlearnable verify``.
 
 Exit status of ``protect``: 0 when every readable image was protected; 1 when some files
 were skipped (listed on stderr and in manifest.json) unless ``--skip-bad``; 2 on an
@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import sys
 
-from .engine import STRENGTHS
-from .images import FORMATS
+from ..protect.engine import STRENGTHS
+from ..protect.images import FORMATS
+from .common import eps_255, positive_int, ratio, seed
 
 
-def register(sub, common):
-    eps, positive = common["eps"], common["positive_int"]
+def register(sub) -> None:
+    eps, positive = eps_255, positive_int
     p = sub.add_parser("protect", help="protect every image of a folder (MI-UE), resumably, as lossless PNG",
                        description="Protect every image under IN_DIR into OUT_DIR (same relative paths and stems, "
                                    "original size, PNG). Rerun the same command to resume. See docs/protect.md.")
@@ -28,7 +29,7 @@ def register(sub, common):
     p.add_argument("--reference", default="fashion-mnist",
                    help="other classes to contrast with: fashion-mnist (embedded, default) or a folder/.npz spec")
     p.add_argument("--reference-per-class", type=positive, help="reference images per class (default 200)")
-    p.add_argument("--seed", type=common["seed"], default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--eps", type=eps, help="expert: L-inf budget in 1/255 units (overrides the strength)")
     p.add_argument("--steps", type=positive, help="expert: PGD steps per epoch")
     p.add_argument("--epochs", type=positive, help="expert: min-min epochs per batch of images")
@@ -54,7 +55,7 @@ def register(sub, common):
     v.add_argument("--reference", help="other classes (default: the one recorded in OUT_DIR/manifest.json)")
     v.add_argument("--reference-per-class", type=positive, help="reference training images per class")
     v.add_argument("--out", required=True, metavar="REPORT.json", help="write the full report here")
-    v.add_argument("--holdout", type=common["ratio"], default=0.25, help="fraction of each class held out (default 0.25)")
+    v.add_argument("--holdout", type=ratio, default=0.25, help="fraction of each class held out (default 0.25)")
     v.add_argument("--folds", type=positive, default=1, help="K >= 2: K-fold instead of one held-out part")
     v.add_argument("--epochs", type=positive, default=10, help="victim epochs (default 10)")
     v.add_argument("--jpeg-quality", type=positive, default=20, help="JPEG quality of the JPEG row (default 20)")
@@ -62,13 +63,13 @@ def register(sub, common):
     v.add_argument("--no-mi", action="store_true", help="skip the MI gap")
     v.add_argument("--no-attackers", action="store_true", help="skip the early-stopping and fine-tuned-prior "
                    "victims (faster; the verdict then covers the scratch victim and the filters only)")
-    v.add_argument("--seed", type=common["seed"], default=0)
+    v.add_argument("--seed", type=seed, default=0)
     v.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     v.set_defaults(func=cmd_verify)
 
 
 def cmd_protect(args):
-    from .folder import protect_folder
+    from ..protect.folder import protect_folder
     r = protect_folder(args.in_dir, args.out_dir, strength=args.strength, single_class=args.single_class,
                        reference=args.reference, seed=args.seed, eps=args.eps, steps=args.steps, epochs=args.epochs,
                        batch_size=args.batch_size, working_size=args.working_size,
@@ -85,7 +86,7 @@ def cmd_protect(args):
 
 def cmd_verify(args):
     from ..fsutil import check_output_file
-    from .verify import format_report, verify_folder
+    from ..protect.verify import format_report, verify_folder
     check_output_file(args.out, inputs=[args.in_dir])  # IN_DIR is never modified; checked before any training
     report = verify_folder(args.in_dir, args.out_dir, reference=args.reference, out=args.out, holdout=args.holdout,
                            folds=args.folds, epochs=args.epochs, jpeg_quality=args.jpeg_quality,

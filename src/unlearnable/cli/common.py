@@ -1,0 +1,140 @@
+"""What the commands share: argument types, the parser class and the flag groups used by
+more than one command. Defined once here; each command module imports what it uses."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+
+# -- argument types ----------------------------------------------------------------------
+
+def number(text: str) -> float:
+    """A finite float: NaN and infinity pass every range check, so they are refused here."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def eps_255(text: str) -> float:
+    """Budgets are given in 1/255 units (``8`` or ``8/255``); returned in pixel units.
+
+    Errors speak in the flag's own unit: ``--eps 300`` is "300/255", not "1.176"."""
+    num, sep, den = text.partition("/")
+    n255 = number(num)
+    if sep:
+        d = number(den)
+        if d == 0:
+            raise argparse.ArgumentTypeError(f"not a budget: {text!r}")
+        n255 = n255 * 255.0 / d
+    if not 0 < n255 <= 255:
+        raise argparse.ArgumentTypeError(f"must be in (0, 255] (1/255 units), got {text}")
+    return n255 / 255.0
+
+
+def ratio(text: str) -> float:
+    v = number(text)
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1]: {text}")
+    return v
+
+
+def positive_number(text: str) -> float:
+    v = number(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return v
+
+
+def fraction(text: str) -> float:
+    """A proportion such as an accuracy, 0..1."""
+    v = number(text)
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1]: {text}")
+    return v
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return v
+
+
+def seed(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= v < 2**63:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer below 2^63, got {text}")
+    return v
+
+
+# -- the parser --------------------------------------------------------------------------
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        sys.stderr.write(f"unlearnable: error: {message}\n")
+        sys.exit(2)
+
+
+# -- flag groups -------------------------------------------------------------------------
+
+def add_attack_flags(p):
+    p.add_argument("--preset", default="cpu", help="attack preset: cpu (default), paper-cifar10, ...")
+    p.add_argument("--eps", type=eps_255, help="L-inf budget in 1/255 units (default 8)")
+    p.add_argument("--epochs", type=positive_int, help="generation epochs")
+    p.add_argument("--steps", type=positive_int, dest="pgd_steps", help="PGD steps per batch and epoch")
+    p.add_argument("--step-size", type=eps_255, help="PGD step in 1/255 units")
+    p.add_argument("--batch-size", type=positive_int, help="generation batch size")
+    p.add_argument("--lr", type=positive_number, help="source-model learning rate")
+    p.add_argument("--model", help="source model (registry name, e.g. cnn, resnet-18)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast for the model (perturbation stays fp32)")
+    p.add_argument("--channels-last", action="store_true", default=None, help="channels_last memory format")
+
+
+def attack_overrides(args) -> dict:
+    keys = ("eps", "epochs", "pgd_steps", "step_size", "batch_size", "lr", "model", "device", "bf16", "channels_last")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def add_mi_model_flag(p, default="victim", extra=""):
+    p.add_argument("--mi-model", choices=("victim", "clean"), default=default,
+                   help="network g for the MI gap: victim = the victim trained on each set, the paper's g "
+                        "(default; clean reference from the clean victim); clean = the clean victim for every set "
+                        "(not the paper's definition)" + extra)
+
+
+def add_victim_flags(p):
+    from ..train import VICTIM_PRESETS
+    p.add_argument("--preset", help=f"victim preset: {', '.join(sorted(VICTIM_PRESETS))}, or a family cpu|paper "
+                   "(default cpu: 'cpu' for st, 'cpu-at' for at)")
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--lr", type=positive_number)
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--augment", help="none (cpu default), crop-flip (paper), crop, flip")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for the model")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--subset", type=positive_int, help="class-balanced subset of the training images (plain data specs)")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def add_prior_flags(p):
+    from ..train.prior import FINETUNE_MODES
+    p.add_argument("--init", metavar="CKPT", help="start from this checkpoint's backbone (a folder written by "
+                   "pretrain or train, or its model.safetensors); the head is new")
+    p.add_argument("--finetune", choices=FINETUNE_MODES, help="with --init: full (default: every weight at --lr), "
+                   "low-lr (backbone at --backbone-lr-scale x --lr), linear-probe (backbone frozen)")
+    p.add_argument("--backbone-lr-scale", type=positive_number,
+                   help="low-lr: the backbone's learning rate as a fraction of --lr (default 0.1)")
