@@ -178,16 +178,15 @@ class SourceRun:
     # -- training ------------------------------------------------------------------
     def train_pass(self, augment=None, *, delta: torch.Tensor | None = None, max_batches: int | None = None,
                    perturb=None, on_batch=None) -> tuple[float, float]:
-        if self.sharding is not None:  # DDP hook
+        step = None  # the plain SGD step of train_epoch
+        if self.sharding is not None:  # DDP hook: every batch split over the shards
             if perturb is not None:
                 raise UnlearnableError(f"{self.name}: sharded (DDP) source training does not support adversarial "
                                        f"training")
             step = self.sharding.step_fn(bf16=self.cfg.bf16, channels_last=self.cfg.channels_last)
-            return train_epoch(self.model, self.opt, self.data, batch_size=self.cfg.batch_size, generator=self.gen,
-                               augment=augment, delta=delta, on_batch=on_batch, max_batches=max_batches, step=step)
         return train_epoch(self.model, self.opt, self.data, batch_size=self.cfg.batch_size, generator=self.gen,
                            augment=augment, delta=delta, bf16=self.cfg.bf16, channels_last=self.cfg.channels_last,
-                           on_batch=on_batch, max_batches=max_batches, perturb=perturb)
+                           on_batch=on_batch, max_batches=max_batches, perturb=perturb, step=step)
 
     def train_steps(self, steps: int, augment=None, *, delta: torch.Tensor | None = None, perturb=None,
                     on_batch=None) -> tuple[float, float]:

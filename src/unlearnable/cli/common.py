@@ -59,21 +59,22 @@ def fraction(text: str) -> float:
     return v
 
 
-def positive_int(text: str) -> int:
+def _integer(text: str) -> int:
     try:
-        v = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    v = _integer(text)
     if v <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text}")
     return v
 
 
 def seed(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    v = _integer(text)
     if not 0 <= v < 2**63:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer below 2^63, got {text}")
     return v
