@@ -73,6 +73,31 @@ class MIUEConfig:
         return self.step_size + (self.step_size_final - self.step_size) * epoch / (self.epochs - 1)
 
 
+def mi_pgd(model, cfg: MIUEConfig, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor, *, step: float,
+           transform=None, gather=None, dist_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """MI-UE's poison update for one batch: ``cfg.pgd_steps`` signed-gradient steps of size
+    ``step`` on the MI-reduction loss (Eq. 2) of ``model.features`` (eval mode: the caller's
+    job), projected to ``cfg.eps``. Returns the new ``delta``, the last step's loss (detached: the
+    caller decides when to sync) and the number of samples that loss saw.
+
+    ``transform`` maps ``x + delta`` to the model's input and ``y`` labels that input (a
+    caller may append unperturbed images, as protect does); ``gather(z, y)`` is the DDP
+    hook that returns the whole batch's features and labels.
+    """
+    last = []
+
+    def loss_fn(inp):
+        with autocast(inp.device, cfg.bf16):
+            z = torch.cat([model.features(to_model_input(c, cfg.channels_last)) for c in inp.split(cfg.forward_chunk)])
+        zb, yb = gather(z, y) if gather is not None else (z, y)
+        loss = mi_loss(zb, yb, tau=cfg.tau, zeta=cfg.zeta, distance_scale=dist_scale)
+        last[:] = [loss.detach(), len(yb)]
+        return loss
+
+    new = pgd(loss_fn, x, delta, steps=cfg.pgd_steps, step_size=step, eps=cfg.eps, transform=transform)
+    return new, last[0], last[1]
+
+
 # What determines the poisons (device and precision flags are excluded on purpose: a run
 # may resume on another device).
 _RUNTIME_KEYS = RUNTIME_KEYS
@@ -102,11 +127,12 @@ class MIUE(Attack):
         cfg = self.config
         run = SourceRun(self.name, cfg, train, seed=seed, workdir=workdir, resume=resume,
                         schedule="cosine", schedule_epochs=cfg.epochs)
-        model, gen, device, data, delta = run.model, run.gen, run.device, run.data, run.param
+        model, gen, data, delta = run.model, run.gen, run.data, run.param
         train_aug, pgd_aug = self.augmentations(train)
         start, history = run.start, run.history
 
         dist_scale = 1.0 / model.feature_dim if cfg.distance_scale == "dim" else 1.0
+        transform = (lambda t: pgd_aug(t, gen)) if pgd_aug is not None else None
         n_tr = num_batches(len(data), cfg.batch_size)
         per_epoch = n_tr + (n_tr if cfg.source_steps is None else cfg.source_steps)
         with bar(total=cfg.epochs * per_epoch, initial=start * per_epoch, desc=self.name, unit="batch") as pb:
@@ -123,20 +149,9 @@ class MIUE(Attack):
                 mi_total = [0.0]
 
                 def update(x, y, d, step=step, mi_total=mi_total):
-                    last = []
-
-                    def loss_fn(inp):
-                        with autocast(device, cfg.bf16):
-                            z = torch.cat([model.features(to_model_input(c, cfg.channels_last))
-                                           for c in inp.split(cfg.forward_chunk)])
-                        z, yb = run.gather_batch(z, y)  # DDP: the whole batch (identity otherwise)
-                        loss = mi_loss(z, yb, tau=cfg.tau, zeta=cfg.zeta, distance_scale=dist_scale)
-                        last[:] = [loss.detach(), len(yb)]
-                        return loss
-
-                    transform = (lambda t: pgd_aug(t, gen)) if pgd_aug is not None else None
-                    new = pgd(loss_fn, x, d, steps=cfg.pgd_steps, step_size=step, eps=cfg.eps, transform=transform)
-                    mi_total[0] += float(last[0]) * last[1]
+                    new, loss, n = mi_pgd(model, cfg, x, y, d, step=step, transform=transform,
+                                          gather=run.gather_batch, dist_scale=dist_scale)
+                    mi_total[0] += float(loss) * n
                     return new
 
                 run.update_poisons(update, on_batch=pb.update)

@@ -5,10 +5,11 @@ own source model, so that a finished unit can be written and forgotten: memory s
 bounded, Ctrl-C loses at most the unit in flight, and each unit's result depends only on
 its images, the reference subset, the settings and the seed.
 
-The loop is MI-UE's min-min (Zhu et al., arXiv:2603.03725, Algorithm 1) with the pieces
-of :mod:`unlearnable.attacks.mi_ue`: its config (learning rate, momentum, weight decay,
-cosine schedule, tau, zeta and their validation), the MI-reduction loss
-(:func:`~unlearnable.attacks.losses.mi_loss`, Eq. 2) and the PGD engine. Each epoch:
+The loop is MI-UE's min-min (Zhu et al., arXiv:2603.03725, Algorithm 1) built from the
+attack's own pieces: :class:`~unlearnable.attacks.source.SourceRun` (seeding, source model,
+cosine SGD, the training pass), :class:`~unlearnable.attacks.mi_ue.MIUEConfig` (learning
+rate, tau, zeta, the step schedule and their validation) and
+:func:`~unlearnable.attacks.mi_ue.mi_pgd` (PGD on the MI-reduction loss of Eq. 2). Each epoch:
 
 1. one pass of cross-entropy SGD of the source model on user + reference images, the
    user images carrying ``seen(delta)`` (what the working-resolution view of the
@@ -45,15 +46,11 @@ import numpy as np
 import torch
 
 from ..attacks.base import check_eps
-from ..attacks.losses import mi_loss
-from ..attacks.mi_ue import MIUEConfig
-from ..attacks.pgd import pgd
-from ..attacks.source import RUNTIME_KEYS
+from ..attacks.mi_ue import MIUEConfig, mi_pgd
+from ..attacks.source import RUNTIME_KEYS, SourceRun
 from ..data.augment import build_augment
+from ..data.dataset import ImageDataset
 from ..errors import UnlearnableError
-from ..models import build_model
-from ..runtime import autocast, make_generator, prepare_model, resolve_device, seed_everything, to_model_input
-from ..train.loops import TensorData, sgd_cosine, train_epoch
 
 STRENGTHS = {
     "low": {"eps": 4 / 255, "steps": 5, "epochs": 5},
@@ -140,21 +137,18 @@ def optimise_unit(unit: Unit, ref_x: np.ndarray, ref_y: np.ndarray, num_classes:
     """MI-UE perturbations (U, S, S, C) float32 in [-eps, eps] for ``unit``.
 
     ``ref_x`` uint8 (R, S, S, C) and ``ref_y`` (labels after the unit's classes) are the
-    reference images; ``num_classes`` counts user and reference classes.
+    reference images; ``num_classes`` counts user and reference classes. The source
+    model, its optimiser and its training pass are :class:`~unlearnable.attacks.source.SourceRun`'s,
+    the poison update is :func:`~unlearnable.attacks.mi_ue.mi_pgd`: what is protect's own
+    is which images carry a perturbation and how the working resolution sees it.
     """
     mcfg = cfg.miue()
-    device = resolve_device(mcfg.device)
-    seed_everything(seed)
-    gen = make_generator(seed)
-    n_user, size, channels = len(unit.x), unit.x.shape[1], unit.x.shape[3]
-    model = prepare_model(build_model(mcfg.model, channels, num_classes, size), device, mcfg.channels_last)
-    opt, sched = sgd_cosine(model, lr=mcfg.lr, momentum=mcfg.momentum, weight_decay=mcfg.weight_decay,
-                            epochs=mcfg.epochs, lr_min=mcfg.lr_min)
+    images = ImageDataset(np.concatenate([unit.x, ref_x]), np.concatenate([unit.labels, ref_y]),
+                          [str(k) for k in range(num_classes)], source="protect unit")
+    run = SourceRun("protect", mcfg, images, seed=seed, schedule="cosine", schedule_epochs=mcfg.epochs)
+    model, gen, data, device = run.model, run.gen, run.data, run.device
     train_aug = build_augment(mcfg.train_augment, mcfg.crop_padding)
-    x_all = torch.from_numpy(np.concatenate([unit.x, ref_x])).permute(0, 3, 1, 2).contiguous().to(device)
-    y_all = torch.from_numpy(np.concatenate([unit.labels, ref_y]).astype(np.int64)).to(device)
-    data = TensorData(x_all, y_all)
-    n_ref = len(ref_x)
+    n_user, n_ref = len(unit.x), len(ref_x)
     seen_h = torch.from_numpy(unit.seen_h).float().to(device)
     seen_w = torch.from_numpy(unit.seen_w).float().to(device)
     grey = torch.from_numpy(unit.grey).to(device).view(-1, 1, 1, 1)
@@ -163,15 +157,14 @@ def optimise_unit(unit: Unit, ref_x: np.ndarray, ref_y: np.ndarray, num_classes:
         d = torch.where(grey[rows], d.mean(1, keepdim=True).expand_as(d), d)
         return torch.einsum("bij,bcjk,blk->bcil", seen_h[rows], d, seen_w[rows])
 
-    delta = torch.zeros((n_user, channels, size, size), device=device)
-    full = torch.zeros(x_all.shape, dtype=torch.float32, device=device)
+    delta = torch.zeros((n_user, *data.x.shape[1:]), device=device)
+    full = run.param  # what the source model trains on: seen(delta) on the user rows, zero on the reference
     everyone = torch.arange(n_user, device=device)
     chunk = max(1, mcfg.batch_size // 2)
     for epoch in range(mcfg.epochs):
         full[:n_user] = seen(delta, everyone)
-        train_epoch(model, opt, data, batch_size=mcfg.batch_size, generator=gen, augment=train_aug, delta=full,
-                    bf16=mcfg.bf16, channels_last=mcfg.channels_last)
-        sched.step()
+        run.train_pass(train_aug, delta=full)
+        run.sched.step()
         model.eval()
         step = mcfg.step_at(epoch)
         for rows in everyone.split(chunk):
@@ -179,18 +172,12 @@ def optimise_unit(unit: Unit, ref_x: np.ndarray, ref_y: np.ndarray, num_classes:
             pick = n_user + torch.randperm(n_ref, generator=gen)[:take].to(device)
             xu, _ = data.batch(rows)
             xr, yr = data.batch(pick)
-            y = torch.cat([data.y[rows], yr])
 
             def transform(inp, rows=rows, xu=xu, xr=xr):
                 return torch.cat([(xu + seen(inp - xu, rows)).clamp(0, 1), xr])
 
-            def loss_fn(inp, y=y):
-                with autocast(device, mcfg.bf16):
-                    z = model.features(to_model_input(inp, mcfg.channels_last))
-                return mi_loss(z, y, tau=mcfg.tau, zeta=mcfg.zeta)
-
-            delta[rows] = pgd(loss_fn, xu, delta[rows], steps=mcfg.pgd_steps, step_size=step, eps=mcfg.eps,
-                              transform=transform)
+            delta[rows], _, _ = mi_pgd(model, mcfg, xu, torch.cat([data.y[rows], yr]), delta[rows], step=step,
+                                       transform=transform)
         if on_epoch is not None:
             on_epoch(epoch + 1)
     delta = torch.where(grey, delta.mean(1, keepdim=True).expand_as(delta), delta)
