@@ -66,11 +66,6 @@ DEPTH_ORDER = ("linear", "2-nn", "3-nn", "lenet-5", "cnn-small", "cnn", "vgg-11"
 _FRACTION = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+)\s*/\s*([0-9]*\.?[0-9]+)\s*$")
 
 
-def model_key(name: str) -> str:
-    """Model names compare as the registry does (case-insensitive, ``_`` = ``-``)."""
-    return str(name).lower().replace("_", "-").replace(" ", "")
-
-
 @dataclass(frozen=True)
 class DataSpec:
     name: str = "fashion-mnist"
@@ -291,9 +286,9 @@ def _attacks(c: _Checker, raw) -> tuple:
 
 
 def _victims(c: _Checker, raw, base_dir: str = ".") -> dict:
-    from ..models import model_names
+    from ..models import model_key, model_names
     from ..train.standard import VictimConfig, VICTIM_PRESETS
-    registered = {model_key(m) for m in model_names()}
+    registered = set(model_names())
     if isinstance(raw, list):
         raw = {str(m): {"model": m} if isinstance(m, str) else m for m in raw}
     c.mapping("victims", raw, tuple(raw))

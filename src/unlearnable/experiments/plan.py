@@ -68,9 +68,8 @@ def _victim_config(v, p) -> dict:
 
 
 def _model_missing(model: str) -> str | None:
-    from ..models import model_names
-    from .config import model_key
-    if model_key(model) not in {model_key(m) for m in model_names()}:
+    from ..models import is_model_name
+    if not is_model_name(model):
         return f"model {model!r} is not registered in this installation"
     return None
 

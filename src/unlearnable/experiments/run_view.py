@@ -9,7 +9,8 @@ import numpy as np
 
 from ..errors import UnlearnableError
 from .cache import RunStore
-from .config import DEPTH_ORDER, model_key
+from ..models import model_key
+from .config import DEPTH_ORDER
 
 PCT = 100.0
 

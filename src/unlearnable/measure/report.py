@@ -72,12 +72,12 @@ def _load_clean(spec, pd):
 def _checkpoint_or_name(model_arg: str, device):
     """The loaded model and its info for a checkpoint folder; None for a registry name."""
     from ..models.checkpoint import load_model
-    from ..models.registry import _REGISTRY, _key
+    from ..models.registry import is_model_name
     p = Path(model_arg)
     if p.exists():
         model, meta = load_model(p, device=device)
         return model, {"checkpoint": str(p), **meta}
-    if _key(model_arg) not in _REGISTRY:
+    if not is_model_name(model_arg):
         raise UnlearnableError(f"--model {model_arg!r} is neither a checkpoint folder (model.json + "
                                f"model.safetensors) nor a registry model name")
     return None

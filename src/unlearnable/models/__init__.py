@@ -5,7 +5,7 @@ from .cnn import ConvNet4
 from .densenet import densenet121
 from .lenet import LeNet5
 from .mlp import linear, three_nn, two_nn
-from .registry import build_model, check_model_name, model_names, register_model
+from .registry import build_model, check_model_name, is_model_name, model_key, model_names, register_model
 from .resnet import resnet18, resnet34, resnet50, resnet101, resnet152
 from .vgg import vgg11
 from .vit import vit_b, vit_h, vit_l
@@ -37,4 +37,4 @@ register_model("vit-b", "vit-base")(vit_b)
 register_model("vit-l", "vit-large")(vit_l)
 register_model("vit-h", "vit-huge")(vit_h)
 
-__all__ = ["FeatureModel", "build_model", "check_model_name", "model_names", "register_model"]
+__all__ = ["FeatureModel", "build_model", "check_model_name", "is_model_name", "model_key", "model_names", "register_model"]

@@ -10,14 +10,20 @@ from .base import FeatureModel
 _REGISTRY: dict[str, Callable[..., FeatureModel]] = {}
 
 
-def _key(name: str) -> str:
-    return name.lower().replace("_", "-").replace(" ", "")
+def model_key(name: str) -> str:
+    """The registry spelling of a model name: case-insensitive, ``_`` = ``-``, no spaces."""
+    return str(name).lower().replace("_", "-").replace(" ", "")
+
+
+def is_model_name(name) -> bool:
+    """Whether ``name`` (any spelling :func:`model_key` forgives) is registered."""
+    return isinstance(name, str) and model_key(name) in _REGISTRY
 
 
 def register_model(name: str, *aliases: str):
     def deco(fn):
         for n in (name, *aliases):
-            _REGISTRY[_key(n)] = fn
+            _REGISTRY[model_key(n)] = fn
         return fn
     return deco
 
@@ -28,14 +34,14 @@ def model_names() -> list[str]:
 
 def check_model_name(name: str) -> str:
     """The registry key of ``name`` (spelling and case forgiven); one-line error when unknown."""
-    if not isinstance(name, str) or _key(name) not in _REGISTRY:
+    if not is_model_name(name):
         raise UnlearnableError(f"unknown model {name!r}; choose from {', '.join(model_names())}")
-    return _key(name)
+    return model_key(name)
 
 
 def build_model(name: str, in_channels: int, num_classes: int, image_size: int, **kwargs) -> FeatureModel:
     """Build a registered model for the given input channels, classes and image size."""
-    fn = _REGISTRY.get(_key(name))
+    fn = _REGISTRY.get(model_key(name))
     if fn is None:
         raise UnlearnableError(f"unknown model {name!r}; choose from {', '.join(model_names())}")
     try:
