@@ -56,7 +56,6 @@ a resumed run is bit-identical).
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 
 import torch
@@ -69,9 +68,9 @@ from ..models import build_model
 from ..progress import bar
 from ..runtime import autocast, make_generator, prepare_model, resolve_device, seed_everything, to_model_input
 from ..train.loops import TensorData, num_batches
-from .base import Attack, AttackResult, Checkpoint, check_eps, check_positive, register_attack, rng_state, set_rng_state
+from .base import Attack, AttackResult, check_eps, check_positive, register_attack, rng_state, set_rng_state
 from .pgd import project
-from .source import RUNTIME_KEYS, fingerprint
+from .source import RUNTIME_KEYS, RunRecord
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -184,29 +183,25 @@ class GUE(Attack):
         data = TensorData.from_dataset(train, device)
         n, n_b = len(data), num_batches(len(data), cfg.batch_size)
         augment = build_augment(cfg.train_augment, cfg.crop_padding)
-        determining = {key: v for key, v in asdict(cfg).items() if key not in _RUNTIME}
-        fp = fingerprint(train.images, train.labels)
-        ckpt = Checkpoint(workdir) if workdir is not None else None
-        epoch, start_batch, order, history, sums, t0 = 0, 0, None, [], {}, time.time()
+        record = RunRecord(self.name, cfg, train, seed=seed, workdir=workdir, resume=resume, runtime_keys=_RUNTIME)
+        epoch, start_batch, order, history, sums = 0, 0, None, [], {}
         resumed_from = 0
-        if resume and ckpt is not None and ckpt.exists():
-            state = ckpt.load_matching(self.name, determining, seed, fp)
+        if record.state is not None:
+            state = record.state
             cls.load_state_dict(state["classifier"])
             net.load_state_dict(state["generator"])
             opt_cls.load_state_dict(state["opt_classifier"])
             opt_gen.load_state_dict(state["opt_generator"])
             set_rng_state(gen, state["rng"])
             epoch, start_batch, order = state["epoch"], state["batch"], state["order"]
-            history, sums, t0 = list(state["history"]), dict(state["sums"]), time.time() - state["elapsed"]
+            history, sums = list(state["history"]), dict(state["sums"])
             resumed_from = state["units"]
 
         def save(units: int) -> None:
-            if ckpt is not None:
-                ckpt.save({"method": self.name, "epoch": epoch, "batch": start_batch, "order": order,
-                           "classifier": cls.state_dict(), "generator": net.state_dict(),
-                           "opt_classifier": opt_cls.state_dict(), "opt_generator": opt_gen.state_dict(),
-                           "rng": rng_state(gen), "history": history, "sums": sums, "units": units,
-                           "config": determining, "seed": seed, "fingerprint": fp, "elapsed": time.time() - t0})
+            record.save({"epoch": epoch, "batch": start_batch, "order": order, "classifier": cls.state_dict(),
+                         "generator": net.state_dict(), "opt_classifier": opt_cls.state_dict(),
+                         "opt_generator": opt_gen.state_dict(), "rng": rng_state(gen), "history": history,
+                         "sums": sums, "units": units})
 
         def logits(model, x):
             with autocast(device, cfg.bf16):
@@ -270,13 +265,13 @@ class GUE(Attack):
                     if start_batch < n_b and start_batch % cfg.checkpoint_batches == 0:
                         save(units)
                 history.append({"epoch": epoch + 1, **{key: round(v / n_b, 5) for key, v in sums.items()},
-                                "seconds": round(time.time() - t0, 2)})
+                                "seconds": record.seconds()})
                 pb.set_postfix(payoff=f"{history[-1]['payoff']:.3f}", q=f"{history[-1]['q']:.4f}")
                 epoch, start_batch, order, sums = epoch + 1, 0, None, {}
                 save(units)
         delta = generator_poisons(net, data, eps=cfg.eps, label_input=cfg.label_input,
                                   channels_last=cfg.channels_last, chunk=cfg.batch_size)
-        info = {"history": history, "config": asdict(cfg), "seconds": round(time.time() - t0, 2),
+        info = {"history": history, "config": asdict(cfg), "seconds": record.seconds(),
                 "resumed_from_epoch": resumed_from}
         return AttackResult(delta=delta, info=info)
 

@@ -10,6 +10,10 @@ shape (K, C, H, W); :meth:`SourceRun.expand` turns it into per-sample perturbati
 :meth:`SourceRun.update_poisons` runs one pass of an update rule over every batch,
 averaging the per-sample results per class in the class-wise case.
 
+:class:`RunRecord` is the part every resumable generator shares, whatever it trains (TUE's
+contrastive network and GUE's generator use it directly): the determining settings, the
+data fingerprint, the checkpoint and the clock.
+
 Config classes that use it provide ``model``, ``batch_size``, ``lr``, ``momentum``,
 ``weight_decay``, ``eps``, ``device``, ``bf16`` and ``channels_last``; ``lr_min`` is
 needed for the cosine schedule.
@@ -47,6 +51,38 @@ def fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
     return h.hexdigest()
 
 
+class RunRecord:
+    """What makes a generation run resumable, whatever it trains: the settings that decide
+    its output (``cfg`` without ``runtime_keys``), the data's fingerprint, the checkpoint in
+    ``workdir`` and the clock.
+
+    With ``resume`` and a checkpoint in ``workdir``, :attr:`state` is that checkpoint (refused
+    when it was made with another method, config, seed or data) and the clock continues
+    from its elapsed time; otherwise :attr:`state` is None.
+    """
+
+    def __init__(self, name: str, cfg, train, *, seed: int, workdir=None, resume: bool = False,
+                 runtime_keys=RUNTIME_KEYS):
+        self.name, self.seed = name, seed
+        self.determining = {k: v for k, v in asdict(cfg).items() if k not in runtime_keys}
+        self.fp = fingerprint(train.images, train.labels)
+        self.ckpt = Checkpoint(workdir) if workdir is not None else None
+        self.state = None
+        if resume and self.ckpt is not None and self.ckpt.exists():
+            self.state = self.ckpt.load_matching(name, self.determining, seed, self.fp)
+        self.t0 = time.time() - (self.state["elapsed"] if self.state is not None else 0.0)
+
+    def seconds(self) -> float:
+        return round(time.time() - self.t0, 2)
+
+    def save(self, state: dict) -> None:
+        """Checkpoint ``state`` with what :meth:`Checkpoint.load_matching` checks (a no-op
+        without a workdir)."""
+        if self.ckpt is not None:
+            self.ckpt.save({"method": self.name, **state, "config": self.determining, "seed": self.seed,
+                            "fingerprint": self.fp, "elapsed": time.time() - self.t0})
+
+
 class SourceRun:
     """The state of one source-model attack run, restored from ``workdir`` on resume.
 
@@ -80,44 +116,39 @@ class SourceRun:
         self.classwise = classwise
         shape = (train.num_classes, *self.data.x.shape[1:]) if classwise else tuple(self.data.x.shape)
         self.param = torch.zeros(shape, dtype=torch.float32, device=device)
-        self.determining = {k: v for k, v in asdict(cfg).items() if k not in RUNTIME_KEYS}
-        self.fp = fingerprint(train.images, train.labels)
-        self.ckpt = Checkpoint(workdir) if workdir is not None else None
+        self.record = RunRecord(name, cfg, train, seed=seed, workdir=workdir, resume=resume)
         self.history: list[dict] = []
         self.extra: dict = {}
-        self.start, elapsed = 0, 0.0
-        if resume and self.ckpt is not None and self.ckpt.exists():
-            state = self.ckpt.load_matching(name, self.determining, seed, self.fp)
+        self.start = 0
+        state = self.record.state
+        if state is not None:
             self.param.copy_(state["delta"].to(device))
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["optimizer"])
             if self.sched is not None:
                 self.sched.load_state_dict(state["scheduler"])
             set_rng_state(self.gen, state["rng"])
-            self.start, self.history, elapsed = state["epoch"], list(state["history"]), state["elapsed"]
+            self.start, self.history = state["epoch"], list(state["history"])
             self.extra = dict(state.get("extra", {}))
-        self.t0 = time.time() - elapsed
         # DDP hook (unlearnable.sharding): batches split over ranks, or the same arithmetic in
         # one process, when the config asks for shards; None for the plain run.
         self.sharding = sharding_for(cfg)
         if self.sharding is not None and not self.sharding.writer:
-            self.ckpt = None  # rank 0 writes the checkpoint; the others only read it on resume
+            self.record.ckpt = None  # rank 0 writes the checkpoint; the others only read it on resume
 
     # -- bookkeeping ---------------------------------------------------------------
     def seconds(self) -> float:
-        return round(time.time() - self.t0, 2)
+        return self.record.seconds()
 
     def save(self, epoch: int, **extra) -> None:
         """Checkpoint after ``epoch`` units of work (a no-op without a workdir)."""
         self.extra.update(extra)
-        if self.ckpt is None:
+        if self.record.ckpt is None:
             return
-        self.ckpt.save({"method": self.name, "epoch": epoch, "delta": self.param.cpu(),
-                        "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                        "scheduler": self.sched.state_dict() if self.sched is not None else None,
-                        "rng": rng_state(self.gen), "history": self.history, "config": self.determining,
-                        "seed": self.seed, "fingerprint": self.fp, "elapsed": time.time() - self.t0,
-                        "extra": self.extra})
+        self.record.save({"epoch": epoch, "delta": self.param.cpu(), "model": self.model.state_dict(),
+                          "optimizer": self.opt.state_dict(),
+                          "scheduler": self.sched.state_dict() if self.sched is not None else None,
+                          "rng": rng_state(self.gen), "history": self.history, "extra": self.extra})
 
     def info(self, **more) -> dict:
         return {"history": self.history, "seconds": self.seconds(), "config": asdict(self.cfg),

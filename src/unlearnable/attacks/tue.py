@@ -38,7 +38,6 @@ epochs).
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 
 import torch
@@ -50,9 +49,9 @@ from ..progress import bar
 from ..runtime import make_generator, prepare_model, resolve_device, seed_everything
 from ..train.loops import TensorData, batches, num_batches
 from ..train.simclr import SimCLRNet, contrastive_loss, simclr_steps
-from .base import Attack, AttackResult, Checkpoint, check_eps, check_positive, register_attack, rng_state, set_rng_state
+from .base import Attack, AttackResult, check_eps, check_positive, register_attack, rng_state, set_rng_state
 from .pgd import pgd
-from .source import RUNTIME_KEYS, fingerprint
+from .source import RunRecord
 
 
 def class_separability(delta: torch.Tensor, y: torch.Tensor, num_classes: int, tiny: float = 1e-12) -> torch.Tensor:
@@ -131,21 +130,18 @@ class TUE(Attack):
         delta = torch.zeros(data.x.shape, dtype=torch.float32, device=device)
         batch_size = min(cfg.batch_size, len(data))
 
-        determining = {k: v for k, v in asdict(cfg).items() if k not in RUNTIME_KEYS}
-        fp = fingerprint(train.images, train.labels)
-        ckpt = Checkpoint(workdir) if workdir is not None else None
-        start, history, elapsed = 0, [], 0.0
-        if resume and ckpt is not None and ckpt.exists():
-            state = ckpt.load_matching(self.name, determining, seed, fp)
+        record = RunRecord(self.name, cfg, train, seed=seed, workdir=workdir, resume=resume)
+        start, history = 0, []
+        if record.state is not None:
+            state = record.state
             delta.copy_(state["delta"].to(device))
             net.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             set_rng_state(gen, state["rng"])
-            start, history, elapsed = state["epoch"], list(state["history"]), state["elapsed"]
+            start, history = state["epoch"], list(state["history"])
         elif cfg.init == "uniform":
             delta.copy_(((torch.rand(delta.shape, generator=gen) * 2 - 1) * cfg.eps).to(device))
             delta.copy_((data.x.float() / 255 + delta).clamp_(0, 1) - data.x.float() / 255)
-        t0 = time.time() - elapsed
 
         def objective(x, y):
             def loss_fn(inp):
@@ -175,12 +171,9 @@ class TUE(Attack):
                     total += float(last[0]) * len(idx)
                     pb.update()
                 history.append({"epoch": rnd + 1, "contrastive_loss": round(cl, 5),
-                                "poison_loss": round(total / len(data), 5), "seconds": round(time.time() - t0, 2)})
+                                "poison_loss": round(total / len(data), 5), "seconds": record.seconds()})
                 pb.set_postfix(cl=f"{cl:.3f}")
-                if ckpt is not None:
-                    ckpt.save({"method": self.name, "epoch": rnd + 1, "delta": delta.cpu(), "model": net.state_dict(),
-                               "optimizer": opt.state_dict(), "rng": rng_state(gen), "history": history,
-                               "config": determining, "seed": seed, "fingerprint": fp,
-                               "elapsed": time.time() - t0})
-        return AttackResult(delta=delta.cpu(), info={"history": history, "seconds": round(time.time() - t0, 2),
+                record.save({"epoch": rnd + 1, "delta": delta.cpu(), "model": net.state_dict(),
+                             "optimizer": opt.state_dict(), "rng": rng_state(gen), "history": history})
+        return AttackResult(delta=delta.cpu(), info={"history": history, "seconds": record.seconds(),
                                                      "config": asdict(cfg), "resumed_from_epoch": start})
