@@ -51,11 +51,7 @@ class Attack:
     presets: ClassVar[dict] = {}
 
     def __init__(self, config=None, **overrides):
-        cfg = config if config is not None else self.Config()
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(self.Config)}
-        if unknown:
-            raise UnlearnableError(f"{self.name}: unknown option(s) {sorted(unknown)}")
-        self.config = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+        self.config = with_overrides(self.name, config if config is not None else self.Config(), overrides)
         check_finite_fields(self.name, self.config)
         validate = getattr(self.config, "validate", None)
         if validate:
@@ -88,6 +84,15 @@ class Attack:
         ``norm: "l0"`` and ``l0_pixels``.
         """
         return None
+
+
+def with_overrides(owner: str, config, overrides: dict):
+    """A copy of the dataclass ``config`` with ``overrides`` applied, None values skipped
+    (an option left unset keeps the preset's value); an unknown name is a one-line error."""
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(config)}
+    if unknown:
+        raise UnlearnableError(f"{owner}: unknown option(s) {sorted(unknown)}")
+    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def check_positive(owner: str, config, fields) -> None:

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..attacks.base import check_eps
+from ..attacks.base import check_eps, with_overrides
 from ..attacks.mi_ue import MIUEConfig, mi_pgd
 from ..attacks.source import RUNTIME_KEYS, SourceRun
 from ..data.augment import build_augment
@@ -113,12 +113,7 @@ def make_config(strength: str = "mid", **overrides) -> ProtectConfig:
     """A strength preset with ``overrides`` (None values ignored), validated."""
     if strength not in STRENGTHS:
         raise UnlearnableError(f"unknown strength {strength!r}; choose from {', '.join(STRENGTHS)}")
-    fields = {f.name for f in dataclasses.fields(ProtectConfig)}
-    unknown = set(overrides) - fields
-    if unknown:
-        raise UnlearnableError(f"protect: unknown option(s) {sorted(unknown)}")
-    values = {**STRENGTHS[strength], **{k: v for k, v in overrides.items() if v is not None}}
-    return ProtectConfig(strength=strength, **values).validate()
+    return with_overrides("protect", ProtectConfig(strength=strength, **STRENGTHS[strength]), overrides).validate()
 
 
 @dataclass
