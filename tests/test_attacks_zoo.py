@@ -70,6 +70,16 @@ def test_registry_presets_and_docs():
         get_attack("rem")(inner="gradient")
 
 
+def test_a_none_override_resets_an_optional_setting_and_is_refused_elsewhere():
+    em = get_attack("em")
+    preset = dataclasses.replace(em.presets["cpu"], stop_acc=0.5)
+    assert em(preset).config.stop_acc == 0.5
+    assert em(preset, stop_acc=None).config.stop_acc is None  # None undoes the preset's threshold
+    assert get_attack("mi-ue").from_preset("cpu", step_size_final=None).config.step_size_final is None
+    with pytest.raises(UnlearnableError, match="mi-ue: epochs cannot be None"):
+        get_attack("mi-ue").from_preset("cpu", epochs=None)
+
+
 @pytest.mark.parametrize("method", ZOO)
 def test_budget_on_disk_and_same_seed(method, tiny_npz, tmp_path):
     m = poison_dataset(method, str(tiny_npz), tmp_path / "out", seed=0, overrides=FAST[method])

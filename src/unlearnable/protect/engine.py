@@ -113,7 +113,8 @@ def make_config(strength: str = "mid", **overrides) -> ProtectConfig:
     """A strength preset with ``overrides`` (None values ignored), validated."""
     if strength not in STRENGTHS:
         raise UnlearnableError(f"unknown strength {strength!r}; choose from {', '.join(STRENGTHS)}")
-    return with_overrides("protect", ProtectConfig(strength=strength, **STRENGTHS[strength]), overrides).validate()
+    base = ProtectConfig(strength=strength, **STRENGTHS[strength])
+    return with_overrides("protect", base, overrides, skip_none=True).validate()
 
 
 @dataclass
