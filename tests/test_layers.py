@@ -5,7 +5,10 @@ inside functions included: they run too, only later), so a cycle hidden by a def
 import is still one."""
 
 import ast
+import re
 from pathlib import Path
+
+import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -168,3 +171,37 @@ def test_the_library_never_imports_the_cli():
     wrong += [f"{ALIAS}.main -> {t}" for t in imports(ALIAS, mods[ALIAS], mods, mains[0])
               if in_cli(t) and t != ALIAS_TARGET]
     assert not wrong, "library modules import the CLI:\n" + "\n".join(sorted(wrong))
+
+
+def _flag_literals(path: Path) -> list[str]:
+    """String literals (docstrings excluded) in ``path`` that spell a command-line flag."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                  if isinstance(n, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n.body
+                  and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+            and id(n) not in docstrings and re.search(r"(^|\s|\()--[a-z]", n.value)]
+
+
+def test_library_messages_name_parameters_not_flags():
+    """The library knows no command line: a message names the caller's parameter in backticks."""
+    pkg = SRC / "unlearnable"
+    offenders = {str(p.relative_to(pkg)): hits for p in sorted(pkg.rglob("*.py"))
+                 if "cli" not in p.relative_to(pkg).parts and (hits := _flag_literals(p))}
+    assert not offenders, offenders
+
+
+def test_the_cli_prints_the_flag_of_a_parameter_named_in_a_library_message(tiny_npz, tmp_path, capsys):
+    from unlearnable.cli import main
+    from unlearnable.cli.boundary import as_flags
+    from unlearnable.errors import UnlearnableError
+    from unlearnable.poison import parse_classes
+
+    with pytest.raises(UnlearnableError, match="^`classes`: unknown class 'nope'"):
+        parse_classes("nope", ["a", "b"])
+    code = main(["poison", "--method", "random", "--data", str(tiny_npz), "--out", str(tmp_path / "o"),
+                 "--classes", "nope"])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: --classes: unknown class 'nope'" in err and "`" not in err
+    assert as_flags("use `pgd_steps` or `overwrite`, not `nothing`",
+                    {"pgd_steps": "--steps", "overwrite": "--overwrite"}) == "use --steps or --overwrite, not `nothing`"

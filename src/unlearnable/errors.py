@@ -1,7 +1,10 @@
 """The one exception type that user-facing code raises for bad input.
 
 The CLI turns it into a single line on stderr and a non-zero exit; library callers can
-catch it. Its message names the problem (and the offending path or value).
+catch it. Its message names the problem (and the offending path or value). A message that
+tells the caller to set one of their options names it by its parameter name in backticks
+(``pass `overwrite` to replace it``): the library knows no command line, and the CLI prints
+the flag of that parameter instead (``--overwrite``).
 """
 
 

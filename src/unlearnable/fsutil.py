@@ -208,9 +208,9 @@ def prepare_output_dir(out: str | os.PathLike, overwrite: bool, inputs=()) -> Pa
         kind = tool_output_kind(out)
         if kind is None:
             raise UnlearnableError(f"output folder {out} is not empty and was not written by unlearnable; "
-                                   f"choose another (--overwrite only replaces this tool's own outputs)")
+                                   f"choose another (`overwrite` only replaces this tool's own outputs)")
         if not overwrite:
-            raise UnlearnableError(f"output folder {out} already holds a {kind} (pass --overwrite to replace it)")
+            raise UnlearnableError(f"output folder {out} already holds a {kind} (pass `overwrite` to replace it)")
     return out
 
 

@@ -50,7 +50,7 @@ def parse_classes(spec, class_names: list[str]) -> list[int]:
     """
     tokens = [t.strip() for t in spec.split(",")] if isinstance(spec, str) else [str(t).strip() for t in spec]
     if not tokens or any(not t for t in tokens):
-        raise UnlearnableError(f"--classes: expected a comma list of class indices or names, got {spec!r}")
+        raise UnlearnableError(f"`classes`: expected a comma list of class indices or names, got {spec!r}")
     lower: dict[str, list[int]] = {}
     for i, name in enumerate(class_names):
         lower.setdefault(name.lower(), []).append(i)
@@ -64,10 +64,10 @@ def parse_classes(spec, class_names: list[str]) -> list[int]:
             try:
                 i = int(t)
             except ValueError:
-                raise UnlearnableError(f"--classes: unknown class {t!r}; classes are "
+                raise UnlearnableError(f"`classes`: unknown class {t!r}; classes are "
                                        f"{', '.join(f'{i}={n}' for i, n in enumerate(class_names))}") from None
             if not 0 <= i < len(class_names):
-                raise UnlearnableError(f"--classes: class index {i} out of range 0..{len(class_names) - 1}")
+                raise UnlearnableError(f"`classes`: class index {i} out of range 0..{len(class_names) - 1}")
             chosen.add(i)
     return sorted(chosen)
 
@@ -75,7 +75,7 @@ def parse_classes(spec, class_names: list[str]) -> list[int]:
 def check_ratio(ratio: float) -> float:
     ratio = float(ratio)
     if not (0 < ratio <= 1) or math.isnan(ratio):
-        raise UnlearnableError(f"--ratio must be in (0, 1], got {ratio}")
+        raise UnlearnableError(f"`ratio` must be in (0, 1], got {ratio}")
     return ratio
 
 
@@ -100,7 +100,7 @@ def select_protected(labels: np.ndarray, *, classes: list[int] | None = None, ra
     labels = np.asarray(labels, dtype=np.int64)
     eligible = np.ones(len(labels), bool) if classes is None else np.isin(labels, classes)
     if classes is not None and not eligible.any():
-        raise UnlearnableError(f"--classes {classes}: no training image has these labels")
+        raise UnlearnableError(f"`classes` {classes}: no training image has these labels")
     if ratio is None:
         return eligible
     k = ratio_count(check_ratio(ratio), int(eligible.sum()))
@@ -136,8 +136,8 @@ def poison_dataset(method: str, data: str | DataSplits, out: str | Path, *, subs
     check_apart(work, [spec_path(data)])
     if work.exists() and not resume:
         if not overwrite:
-            raise UnlearnableError(f"an unfinished run exists in {work}; pass --resume to continue it "
-                                   f"or --overwrite to start again")
+            raise UnlearnableError(f"an unfinished run exists in {work}; pass `resume` to continue it "
+                                   f"or `overwrite` to start again")
         if not is_partial_dir(work):
             raise UnlearnableError(f"{work} is not an unfinished run of this tool; refusing to remove it")
     # Everything that can be refused is checked above; the data is read before anything is

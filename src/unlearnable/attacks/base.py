@@ -144,8 +144,8 @@ class Checkpoint:
             # which would run code from the file: say what happened in one line instead.
             why = ("it holds objects other than tensors and plain values, refused without unpickling"
                    if isinstance(e, pickle.UnpicklingError) else "damaged or not a checkpoint")
-            raise UnlearnableError(f"cannot read checkpoint {self.path}: {why}; rerun without --resume "
-                                   f"(or with --overwrite) to start again") from None
+            raise UnlearnableError(f"cannot read checkpoint {self.path}: {why}; rerun without `resume` "
+                                   f"(or with `overwrite`) to start again") from None
 
     def load_matching(self, method: str, config: dict, seed: int, fingerprint: str, **more) -> dict:
         """Load, refusing a checkpoint of another method, config, seed, data or ``more`` (e.g. a block size):
@@ -154,7 +154,7 @@ class Checkpoint:
         want = {"method": method, "config": config, "seed": seed, "fingerprint": fingerprint, **more}
         if any(state.get(k, method if k == "method" else None) != v for k, v in want.items()):
             raise UnlearnableError(f"{self.path}: checkpoint was made with other data, config or seed; "
-                                   f"rerun without --resume (or with --overwrite)")
+                                   f"rerun without `resume` (or with `overwrite`)")
         return state
 
 

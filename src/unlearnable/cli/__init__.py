@@ -37,5 +37,5 @@ def main(argv=None) -> int:
     from ..progress import set_quiet
     if args.quiet:
         set_quiet(True)
-    return guarded(lambda: args.func(args))
+    return guarded(lambda: args.func(args), flags=args.option_flags)
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 from ..errors import UnlearnableError
 
 
-def guarded(run, where: str = "") -> int:
+def guarded(run, where: str = "", flags: dict | None = None) -> int:
     """The CLI's one error boundary: run ``run()`` and turn every failure into one line.
 
     Expected failures, exit 2: :class:`UnlearnableError` (bad input, named by the library)
@@ -15,11 +16,14 @@ def guarded(run, where: str = "") -> int:
     Ctrl-C: exit 130. Anything else is a bug: one line saying so with the path of a file
     holding the traceback, exit 1 (a user never sees a raw traceback, and no bug is hidden).
     ``SystemExit`` passes through (a command may choose its exit status).
+
+    ``flags`` maps parameter names to the command's flags: a library message that names a
+    parameter in backticks (`overwrite`) is printed with the flag (--overwrite).
     """
     try:
         run()
     except UnlearnableError as e:
-        return _fail(f"{where}{e}")
+        return _fail(f"{where}{as_flags(str(e), flags or {})}")
     except KeyboardInterrupt:
         sys.stderr.write("unlearnable: interrupted\n")
         return 130
@@ -33,6 +37,12 @@ def guarded(run, where: str = "") -> int:
                          f"traceback in {path}\n")
         return 1
     return 0
+
+
+def as_flags(message: str, flags: dict) -> str:
+    """``message`` with each backticked parameter name that the command has a flag for
+    replaced by that flag; other backticked names are left as they are."""
+    return re.sub(r"`([A-Za-z_][A-Za-z0-9_]*)`", lambda m: flags.get(m.group(1), m.group(0)), message)
 
 
 def _fail(message: str) -> int:

@@ -87,6 +87,15 @@ class Parser(argparse.ArgumentParser):
         sys.stderr.write(f"unlearnable: error: {message}\n")
         sys.exit(2)
 
+    def parse_known_args(self, args=None, namespace=None):
+        """Also leave ``option_flags`` in the namespace: each destination's flag in the command
+        that was parsed (``pgd_steps`` -> ``--steps``), for :func:`.boundary.guarded` to turn
+        the library's parameter names into flags."""
+        ns, rest = super().parse_known_args(args, namespace)
+        own = {a.dest: max(a.option_strings, key=len) for a in self._actions if a.option_strings}
+        ns.option_flags = {**own, **getattr(ns, "option_flags", {})}  # a sub-command's flags win
+        return ns, rest
+
 
 # -- flag groups -------------------------------------------------------------------------
 

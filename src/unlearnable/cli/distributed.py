@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     device = _init_from_env()
     try:
-        return guarded(lambda: args.func(args, device), where=f"rank {world()[0]}: ")
+        return guarded(lambda: args.func(args, device), where=f"rank {world()[0]}: ", flags=args.option_flags)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

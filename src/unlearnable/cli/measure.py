@@ -24,7 +24,7 @@ def register(sub) -> None:
     ms.add_argument("--train-epochs", type=positive_int, default=8, help="epochs when --model is a registry name")
     ms.add_argument("--no-covariance", action="store_true")
     ms.add_argument("--no-separability", action="store_true")
-    ms.add_argument("--acc", type=number, nargs="+", help="victim test accuracy per --poisoned folder (for acc gaps "
+    ms.add_argument("--acc", dest="accs", type=number, nargs="+", help="victim test accuracy per --poisoned folder (for acc gaps "
                     "and their Spearman correlation with the MI gaps)")
     ms.add_argument("--clean-acc", type=number, help="victim test accuracy on clean data (with --acc)")
     ms.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (feature extraction, training)")
@@ -43,7 +43,7 @@ def cmd_measure(args):
                       estimators=names, slices=args.slices, seed=args.seed, conditional=not args.pooled,
                       max_per_class=args.max_per_class,
                       covariance=not args.no_covariance, separability=not args.no_separability, device=args.device,
-                      train_epochs=args.train_epochs, accs=args.acc, clean_acc=args.clean_acc)
+                      train_epochs=args.train_epochs, accs=args.accs, clean_acc=args.clean_acc)
     print(format_table(res))
     if args.out:
         write_json(args.out, res)

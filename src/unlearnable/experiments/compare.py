@@ -93,7 +93,7 @@ def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if diff:
             raise UnlearnableError(f"{out} holds a comparison made with other settings ({', '.join(diff)}); "
-                                   f"use the same settings, another --out, or --overwrite")
+                                   f"use the same settings, another `out`, or `overwrite`")
         return
     write_json(path, settings)
 
@@ -146,7 +146,7 @@ def run_compare(out: str | Path, *, data: str = "fashion-mnist", methods: list[s
         raise UnlearnableError(f"{splits.name}: no training images")
     if atts is not None and needs_prior(atts) and len(train) == len(splits.train):
         raise UnlearnableError("the prior attackers (finetune, low-lr, probe) need clean training images outside "
-                               "the protected subset to pretrain on; use a smaller --subset or leave them out")
+                               "the protected subset to pretrain on; use a smaller `subset` or leave them out")
     settings = {"data": str(data), "subset": len(train), "seed": seed, "preset": preset,
                 "victim": asdict(vcfg), "mi_slices": mi_slices, "estimators": estimators, "mi_model": mi_model}
     _check_settings(out, settings, overwrite)
@@ -245,7 +245,7 @@ def _attack_cell(cell: Path, method: str, splits: DataSplits, vcfg, clean: dict,
     if not np.array_equal(protected.clean.images, splits.train.images):
         # the clean reference is measured on the subset in memory; X must be the same images
         raise UnlearnableError(f"{pdir} does not hold this comparison's training images in order; "
-                               f"remove it (or pass --overwrite)")
+                               f"remove it (or pass `overwrite`)")
     manifest = protected.manifest
     res = train_victim(protected.poisoned, splits.test, vcfg, seed=seed, desc=f"victim ({method})")
     mi = measure_mi(res.model, protected)

@@ -115,8 +115,8 @@ def load_sources(data: str, clean: str | None, subset: int | None, seed: int) ->
             sources.append(Source("clean", p.clean, p.test))
     else:
         if clean == "":
-            raise UnlearnableError(f"--clean without a value needs a protected dataset folder as --data, got {data}; "
-                                   f"give the clean data spec: --clean SPEC")
+            raise UnlearnableError(f"`clean` without a value needs a protected dataset folder as `data`, got {data}; "
+                                   f"give the clean data spec: `clean` SPEC")
         s = load_dataset(data)
         sources.append(Source(s.name, s.train.stratified_subset(subset, seed) if subset else s.train, s.test))
     if clean:
@@ -134,12 +134,12 @@ def _read_cell_result(path: Path) -> dict:
     try:
         prev = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise UnlearnableError(f"cannot read the cached result {path}: {e}; delete it (or pass --overwrite) "
+        raise UnlearnableError(f"cannot read the cached result {path}: {e}; delete it (or pass `overwrite`) "
                                f"to recompute") from None
     if not isinstance(prev, dict) or not isinstance(prev.get("summary"), dict) \
             or not isinstance(prev["summary"].get("test_acc"), (int, float)):
         raise UnlearnableError(f"the cached result {path} is not a cell result (no summary.test_acc); delete it "
-                               f"(or pass --overwrite) to recompute")
+                               f"(or pass `overwrite`) to recompute")
     return prev
 
 
@@ -173,8 +173,8 @@ def run_evaluate(out, *, data: str, cells: list[Cell], clean: str | None = None,
             if path.is_file() and not overwrite:
                 prev = _read_cell_result(path)
                 if prev.get("settings") != settings:
-                    raise UnlearnableError(f"{path}: made with other data or settings; use another --out, "
-                                           f"or --overwrite to recompute")
+                    raise UnlearnableError(f"{path}: made with other data or settings; use another `out`, "
+                                           f"or `overwrite` to recompute")
                 log(f"[{done}/{total}] {src.tag} {cell.label}: done before, skipped")
                 row["results"][src.tag] = prev["summary"]
                 continue

@@ -42,7 +42,7 @@ DEFAULT_SLICES = {"hist": 2000, "hist-mm": 2000, "kde": 2000, "ksg": 2000, "mine
 def parse_estimators(text: str) -> list[str]:
     names = [t.strip().lower() for t in text.split(",") if t.strip()]
     if not names:
-        raise UnlearnableError("no estimator given (use e.g. --estimators hist,ksg)")
+        raise UnlearnableError("no estimator given (use e.g. `estimators` hist,ksg)")
     bad = [t for t in names if t not in ESTIMATORS]
     if bad:
         raise UnlearnableError(f"unknown estimator(s) {', '.join(bad)}; choose from {', '.join(ESTIMATORS)}")
@@ -60,11 +60,11 @@ def _load_clean(spec, pd):
     elif idx is not None and len(idx) and int(idx.max()) < len(src):
         clean = src.take(idx)
     else:
-        raise UnlearnableError(f"--clean {spec}: cannot align its {len(src)} images with the {len(pd.clean)} of {pd.path}")
+        raise UnlearnableError(f"`clean` {spec}: cannot align its {len(src)} images with the {len(pd.clean)} of {pd.path}")
     if clean.images.shape != pd.clean.images.shape or not np.array_equal(clean.labels, pd.clean.labels):
-        raise UnlearnableError(f"--clean {spec} does not match {pd.path} (shapes or labels differ row by row)")
+        raise UnlearnableError(f"`clean` {spec} does not match {pd.path} (shapes or labels differ row by row)")
     if not np.array_equal(clean.images, pd.clean.images):
-        raise UnlearnableError(f"--clean {spec} differs from the clean images recovered from {pd.path} "
+        raise UnlearnableError(f"`clean` {spec} differs from the clean images recovered from {pd.path} "
                                f"(poisoned - perturbation): the pairs would not be aligned")
     return clean
 
@@ -78,7 +78,7 @@ def _checkpoint_or_name(model_arg: str, device):
         model, meta = load_model(p, device=device)
         return model, {"checkpoint": str(p), **meta}
     if not is_model_name(model_arg):
-        raise UnlearnableError(f"--model {model_arg!r} is neither a checkpoint folder (model.json + "
+        raise UnlearnableError(f"`model` {model_arg!r} is neither a checkpoint folder (model.json + "
                                f"model.safetensors) nor a registry model name")
     return None
 
@@ -87,7 +87,7 @@ def _train_here(name: str, train, test, what: str, *, device: str, train_epochs:
     """Registry model ``name`` trained now on ``train`` (``what`` names it in logs and JSON)."""
     from ..train import train_victim, victim_preset
     if test is None:
-        raise UnlearnableError(f"{what} has no test split: cannot train --model {name} here; pass a checkpoint")
+        raise UnlearnableError(f"{what} has no test split: cannot train `model` {name} here; pass a checkpoint")
     cfg = victim_preset("cpu", model=name, epochs=train_epochs, device=device)
     log(f"training {name} on {what} ({len(train)} images) for {train_epochs} epochs")
     res = train_victim(train, test, cfg, seed=seed, desc=f"train {name} ({what})")
@@ -101,7 +101,7 @@ def _models(model_arg: str, mi_model: str | None, sets, *, device: str, train_ep
     loaded = _checkpoint_or_name(model_arg, resolve_device(device))
     if loaded is not None:
         if mi_model is not None:
-            raise UnlearnableError(f"--mi-model applies to --model NAME (trained here); the checkpoint {model_arg} "
+            raise UnlearnableError(f"`mi_model` applies to `model` NAME (trained here); the checkpoint {model_arg} "
                                    f"is one g for every set")
         return "checkpoint", loaded, [loaded] * len(sets)
     kind = check_mi_model(mi_model or "victim")
@@ -195,7 +195,7 @@ def run_measure(poisoned: list[str], *, clean: str | None = None, model: str = "
             r["separability"] = separability_report(clean_ds.images[rows], pd.poisoned.images[rows], lab)
     if accs is not None:
         if clean_acc is None or len(accs) != len(sets):
-            raise UnlearnableError("--acc needs one accuracy per --poisoned folder and --clean-acc")
+            raise UnlearnableError("`accs` needs one accuracy per `poisoned` folder and `clean_acc`")
         for r, a in zip(out["results"], accs):
             r["acc"] = a
             r["acc_gap"] = clean_acc - a

@@ -99,8 +99,8 @@ def protect_folder(in_dir, out_dir, *, strength: str = "mid", single_class: bool
     suffix, _, lossless, _ = FORMATS[fmt]
     if not lossless:
         if not force_lossy:
-            raise UnlearnableError(f"--format {fmt} is lossy: compression removes much of the perturbation; "
-                                   f"use png (the default) or tiff, or pass --force-lossy")
+            raise UnlearnableError(f"`fmt` {fmt} is lossy: compression removes much of the perturbation; "
+                                   f"use png (the default) or tiff, or pass `force_lossy`")
         warn(f"writing lossy {fmt}: the compression weakens the protection and the L-inf budget is not "
              f"guaranteed (the manifest records what was actually written)")
     check_seed(seed)

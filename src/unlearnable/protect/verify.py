@@ -336,7 +336,7 @@ def verdict(report: dict) -> str:
     what = f"a small {v['model']} trained {v['epochs']} epochs at {v['size']} px, {n} held-out images"
     if n < 10:
         return (f"Too few held-out images ({n}) for a conclusion: accuracy {a['acc']:.0%} (trained on originals) vs "
-                f"{b['acc']:.0%} (trained on protected); add images or use --folds.")
+                f"{b['acc']:.0%} (trained on protected); add images or use more folds (cross-validation).")
     extra = "".join(f"; after {_label(c)}: {x['clean']['protected_classes']['acc']:.0%} -> "
                     f"{x['protected']['protected_classes']['acc']:.0%}"
                     for c, x in results.items() if c != "none")
