@@ -32,7 +32,6 @@ model to train and runs quickly on a CPU at 28-32 px).
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass
 
 import torch
@@ -41,9 +40,9 @@ import torch.nn.functional as F
 from ..errors import UnlearnableError
 from ..progress import bar
 from ..runtime import make_generator, resolve_device
-from .base import Attack, AttackResult, Checkpoint, check_eps, check_positive, register_attack, rng_state, set_rng_state
+from .base import Attack, AttackResult, check_eps, check_positive, register_attack, rng_state, set_rng_state
 from .pgd import pgd, project_dataset
-from .source import fingerprint
+from .source import RunRecord
 
 
 @dataclass
@@ -130,16 +129,13 @@ class NTGA(Attack):
         yv = y_all[val_idx].to(device)
         xv_sq = (xv * xv).sum(1)
         delta = torch.zeros(x_all.shape, dtype=torch.float32)
-        config = asdict(cfg)
-        determining = {key: v for key, v in config.items() if key not in ("device", "max_kernel_mb")}
-        fp = fingerprint(train.images, train.labels)
-        ckpt = Checkpoint(workdir) if workdir is not None else None
-        start, history, t0 = 0, [], time.time()
-        if resume and ckpt is not None and ckpt.exists():
-            state = ckpt.load_matching(self.name, determining, seed, fp, block=block)
-            delta.copy_(state["delta"])
-            set_rng_state(gen, state["rng"])
-            start, history, t0 = state["epoch"], list(state["history"]), time.time() - state["elapsed"]
+        record = RunRecord(self.name, cfg, train, seed=seed, workdir=workdir, resume=resume,
+                           runtime_keys={"device", "max_kernel_mb"}, match={"block": block})
+        start, history = 0, []
+        if record.state is not None:
+            delta.copy_(record.state["delta"])
+            set_rng_state(gen, record.state["rng"])
+            start, history = record.state["epoch"], list(record.state["history"])
         kw = dict(depth=cfg.depth, w_var=cfg.w_var, b_var=cfg.b_var)
         with bar(total=len(blocks), initial=start, desc="ntga", unit="block") as pb:
             for bi in range(start, len(blocks)):
@@ -160,14 +156,11 @@ class NTGA(Attack):
                         eps=cfg.eps, minimize=False)
                 delta[idx] = d.float().cpu()
                 history.append({"epoch": bi + 1, "images": len(idx), "val_ce_first": round(losses[0], 5),
-                                "val_ce_last": round(losses[-1], 5), "seconds": round(time.time() - t0, 2)})
+                                "val_ce_last": round(losses[-1], 5), "seconds": record.seconds()})
                 pb.update()
-                if ckpt is not None:
-                    ckpt.save({"method": self.name, "epoch": bi + 1, "delta": delta, "rng": rng_state(gen),
-                               "history": history, "config": determining, "seed": seed, "fingerprint": fp,
-                               "block": block, "elapsed": time.time() - t0})
+                record.save({"epoch": bi + 1, "delta": delta, "rng": rng_state(gen), "history": history})
         delta = project_dataset(train.images, delta.clamp_(-cfg.eps, cfg.eps), cfg.eps)
-        info = {"history": history, "config": config, "seconds": round(time.time() - t0, 2),
+        info = {"history": history, "config": asdict(cfg), "seconds": record.seconds(),
                 "resumed_from_epoch": start, "block": block}
         return AttackResult(delta=delta, info=info)
 

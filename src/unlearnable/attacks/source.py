@@ -62,14 +62,14 @@ class RunRecord:
     """
 
     def __init__(self, name: str, cfg, train, *, seed: int, workdir=None, resume: bool = False,
-                 runtime_keys=RUNTIME_KEYS):
-        self.name, self.seed = name, seed
+                 runtime_keys=RUNTIME_KEYS, match: dict | None = None):
+        self.name, self.seed, self.match = name, seed, dict(match or {})
         self.determining = {k: v for k, v in asdict(cfg).items() if k not in runtime_keys}
         self.fp = fingerprint(train.images, train.labels)
         self.ckpt = Checkpoint(workdir) if workdir is not None else None
         self.state = None
         if resume and self.ckpt is not None and self.ckpt.exists():
-            self.state = self.ckpt.load_matching(name, self.determining, seed, self.fp)
+            self.state = self.ckpt.load_matching(name, self.determining, seed, self.fp, **self.match)
         self.t0 = time.time() - (self.state["elapsed"] if self.state is not None else 0.0)
 
     def seconds(self) -> float:
@@ -80,7 +80,7 @@ class RunRecord:
         without a workdir)."""
         if self.ckpt is not None:
             self.ckpt.save({"method": self.name, **state, "config": self.determining, "seed": self.seed,
-                            "fingerprint": self.fp, "elapsed": time.time() - self.t0})
+                            "fingerprint": self.fp, **self.match, "elapsed": time.time() - self.t0})
 
 
 class SourceRun:
