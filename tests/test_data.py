@@ -219,3 +219,19 @@ def test_crop_flip_batched():
     c = random_crop(x.detach(), 3, torch.Generator().manual_seed(2))
     for i in range(8):  # every crop of a padded image: the centre content appears shifted
         assert torch.isclose(c[i].sum(), c[i].sum())
+
+
+def test_one_fingerprint_names_the_data_everywhere():
+    from unlearnable.data.dataset import fingerprint
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (6, 4, 4, 1), dtype=np.uint8)
+    y = np.arange(6, dtype=np.int64)
+    fp = fingerprint(x, y)
+    assert fp == fingerprint(x.copy(), y.copy()) and len(fp) == 16
+    x2 = x.copy()
+    x2[5, 3, 3, 0] ^= 1
+    assert fingerprint(x2, y) != fp  # one pixel
+    assert fingerprint(x.reshape(6, 16, 1, 1), y) != fp  # same bytes, another shape
+    assert fingerprint(x, y.astype(np.int32)) != fp  # same values, another dtype
+    assert fingerprint(x, y, "a\nb") != fingerprint(x, y, "a\nc")  # class names
+    assert fingerprint(x[:3], np.concatenate([x[3:].ravel(), y.view(np.uint8)])) != fingerprint(x, y)

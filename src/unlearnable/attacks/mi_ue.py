@@ -24,7 +24,7 @@ from ..train.loops import num_batches
 from .base import Attack, AttackResult, check_eps, check_positive, register_attack
 from .losses import mi_loss
 from .pgd import pgd
-from .source import RUNTIME_KEYS, SourceRun, fingerprint  # noqa: F401 - fingerprint re-exported
+from .source import RUNTIME_KEYS, SourceRun
 
 
 @dataclass

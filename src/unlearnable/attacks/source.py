@@ -21,15 +21,14 @@ needed for the cosine schedule.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import asdict
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.dataset import fingerprint
 from ..errors import UnlearnableError
 from ..models import build_model
 from ..progress import bar
@@ -42,13 +41,6 @@ from .pgd import pgd, project
 
 # Config fields that do not change the poisons (a run may resume on another device).
 RUNTIME_KEYS = frozenset({"device", "bf16", "channels_last", "forward_chunk"})
-
-
-def fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
-    h = hashlib.sha1()
-    h.update(np.ascontiguousarray(images).tobytes())
-    h.update(np.ascontiguousarray(labels).tobytes())
-    return h.hexdigest()
 
 
 class RunRecord:

@@ -7,13 +7,13 @@ from pathlib import Path
 
 from ..errors import UnlearnableError
 from .cifar import download_cifar, is_cifar_dir, load_cifar
-from .dataset import DataSplits, ImageDataset
+from .dataset import DataSplits, ImageDataset, fingerprint
 from .fashion_mnist import load_fashion_mnist
 from .imagefolder import load_image_folder
 from .npz import load_npz_dataset
 from .poisoned import PoisonedDataset, is_poisoned_dir, quantize, read_poisoned, write_poisoned
 
-__all__ = ["DataSplits", "ImageDataset", "PoisonedDataset", "load_dataset", "load_cifar",
+__all__ = ["DataSplits", "ImageDataset", "fingerprint", "PoisonedDataset", "load_dataset", "load_cifar",
            "load_fashion_mnist", "load_image_folder", "load_npz_dataset", "download_cifar",
            "read_poisoned", "write_poisoned", "quantize", "spec_path"]
 

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..errors import UnlearnableError
+
+
+def fingerprint(*parts) -> str:
+    """The identity of data wherever it is stored (checkpoints, caches, manifests, provenance):
+    SHA-256 over each part (an array's dtype, shape and C-order bytes; a string's UTF-8), the
+    first 16 hex digits. One function, so that the same images have one name everywhere."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, str):
+            h.update(b"str:" + part.encode())
+        else:
+            a = np.ascontiguousarray(part)
+            h.update(f"{a.dtype.str}{a.shape}:".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()[:16]
 
 
 @dataclass

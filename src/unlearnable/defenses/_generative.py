@@ -17,7 +17,6 @@ that departs from the papers.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -29,6 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ..data.dataset import fingerprint
 from ..errors import UnlearnableError
 from ..fsutil import atomic_path
 from ..progress import bar
@@ -145,13 +145,6 @@ def map_batches(images: np.ndarray, fn, batch_size: int, device, desc: str) -> n
         rows = slice(i, i + batch_size)
         out[rows] = to_uint8(fn(to_unit(images[rows], device), rows))
     return out
-
-
-def fingerprint(images: np.ndarray, labels: np.ndarray | None = None) -> str:
-    h = hashlib.sha256(np.ascontiguousarray(images).tobytes())
-    if labels is not None:
-        h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
-    return h.hexdigest()[:16]
 
 
 def pad_to_multiple(x: torch.Tensor, m: int) -> torch.Tensor:

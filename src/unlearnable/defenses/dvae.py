@@ -47,10 +47,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import ImageDataset
+from ..data.dataset import fingerprint
 from ..errors import UnlearnableError
 from ..progress import log
 from ..runtime import autocast, make_generator, resolve_device, to_model_input
-from ._generative import (build_config, check_config, check_images, config_keys, describe_spec, fingerprint, fit,
+from ._generative import (build_config, check_config, check_images, config_keys, describe_spec, fit,
                           load_checkpoint, load_module, map_batches, pad_to_multiple, parse_options, save_checkpoint,
                           seeded_init)
 from .base import Defense, register_defense

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..attacks import attack_names, get_attack
-from ..attacks.source import fingerprint
+from ..data.dataset import fingerprint
 from ..data import load_dataset, read_poisoned, spec_path
 from ..data.dataset import DataSplits
 from ..errors import UnlearnableError, check_seed
@@ -268,7 +268,7 @@ def _prior_cell(cell: Path, splits: DataSplits, subset_idx, n: int, vcfg, seed: 
     data = splits.train.take(rest).stratified_subset(n, seed)
     log(f"prior: {vcfg.model} on {len(data)} clean training images outside the subset")
     res = train_victim(data, splits.test, vcfg, seed=seed, desc="prior")
-    prov = provenance(data=splits.name, fingerprint=fingerprint(data.images, data.labels)[:16], images=len(data),
+    prov = provenance(data=splits.name, fingerprint=fingerprint(data.images, data.labels), images=len(data),
                       excluded=0, exclude=[], subset=n, protocol="st", epochs=vcfg.epochs, seed=seed,
                       test_acc=res.test_acc)
     save_model(res.model, model_dir, name=vcfg.model, in_channels=data.channels, num_classes=data.num_classes,

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.dataset import fingerprint
 from ..errors import UnlearnableError, check_seed
 from ..models import check_model_name
 
@@ -99,8 +100,7 @@ class Source:
 
 
 def _fingerprint(ds) -> str:
-    from ..attacks.source import fingerprint
-    return fingerprint(ds.images, ds.labels)[:16]
+    return fingerprint(ds.images, ds.labels)
 
 
 def load_sources(data: str, clean: str | None, subset: int | None, seed: int) -> list[Source]:

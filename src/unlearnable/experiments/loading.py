@@ -3,12 +3,11 @@ process (the runner and its workers call :func:`load_data`), and their content k
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
+from ..data.dataset import fingerprint
 from ..errors import UnlearnableError
 from .cache import content_key
 
@@ -58,10 +57,8 @@ def load_data(spec_data: dict) -> Data:
     seed = spec_data["seed"]
     train = splits.train.stratified_subset(spec_data["subset"], seed) if spec_data["subset"] else splits.train
     test = splits.test.stratified_subset(spec_data["test_subset"], seed) if spec_data["test_subset"] else splits.test
-    h = hashlib.sha1()
-    for arr in (train.images, train.labels, test.images, test.labels):
-        h.update(np.ascontiguousarray(arr).tobytes())
-    key = content_key("data", spec=spec_data, fingerprint=h.hexdigest(), classes=train.class_names)
+    key = content_key("data", spec=spec_data, fingerprint=fingerprint(train.images, train.labels, test.images,
+                                                                       test.labels), classes=train.class_names)
     data = Data(train, test, str(splits.name), key)
     _DATA_CACHE[ck] = data
     return data

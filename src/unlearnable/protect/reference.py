@@ -18,12 +18,12 @@ are converted to grey luminance (BT.601, rounded) for grey images.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..data import ImageDataset, load_dataset
+from ..data.dataset import fingerprint
 from ..errors import UnlearnableError
 from .resample import area_matrix
 
@@ -37,11 +37,7 @@ class Reference:
 
     @property
     def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        h.update(self.train.images.tobytes())
-        h.update(self.train.labels.tobytes())
-        h.update("\n".join(self.train.class_names).encode())
-        return h.hexdigest()
+        return fingerprint(self.train.images, self.train.labels, "\n".join(self.train.class_names))
 
     def images(self, channels: int, split: str = "train") -> np.ndarray:
         """uint8 (N, S, S, channels) of ``split``."""
