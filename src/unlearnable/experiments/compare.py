@@ -45,6 +45,7 @@ from ..train import best_epoch, train_victim, victim_preset
 from ..train.pretrain import provenance
 from ..train.standard import preset_name
 from .attackers import needs_prior, parse_attackers, train_attacker, worst_case
+from .markdown import table_lines
 
 # The paper's column order (Table 1), then the APBench extras and anything registered later.
 PAPER_ORDER = ["random", "em", "em-class", "ap", "ap-untargeted", "ntga", "ar", "lsp", "ops", "rem", "sem", "entf",
@@ -353,14 +354,12 @@ def format_table(r: dict) -> str:
         mi = [f"{a['mi'][e]['poisoned']:.4f} ({a['mi'][e]['gap']:.4f} +- {a['mi'][e]['se']:.4f})" for e in ests]
         rows.append((name, f"{100 * a['test_acc']:.2f}%", _pct_best(a), f"{100 * a['acc_gap']:.2f} pts", *mi,
                      f"{a['generate_s']:.0f}", f"{a['victim_s']:.0f}"))
-    w = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
-    line = lambda row: "| " + " | ".join(x.ljust(w[i]) for i, x in enumerate(row)) + " |"  # noqa: E731
     g = r.get("mi_g", G_DESCRIPTIONS["clean"])  # results written before mi_model existed used the clean victim
     title = (f"{r['data']}: {r['subset']} training images, preset {r['preset']}, victim {r['victim']} "
              f"({r['victim_epochs']} epochs), accuracy on the {r['test_size']}-image clean test set (final epoch; "
              f"best epoch beside it); class-conditional sliced MI of g(X) vs g(X') in nats "
              f"(m={r.get('mi_slices', '?')}), g: {g}")
-    lines = [title, "", line(head), "|" + "|".join("-" * (x + 2) for x in w) + "|", *map(line, rows)]
+    lines = [title, "", *table_lines(head, rows)]
     lines += [f"{m} failed: {msg}" for m, msg in r["failed"].items()]
     for e, s in (r.get("spearman") or {}).items():
         if s["rho"] is None:

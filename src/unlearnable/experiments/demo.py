@@ -20,6 +20,7 @@ from ..errors import check_seed
 from ..poison import poison_dataset
 from ..progress import log
 from ..train import best_epoch, train_victim, victim_preset
+from .markdown import table_lines
 
 #: the demo's sliced MI: the paper's histogram and the nearly unbiased KSG, 500 direction pairs
 MI_ESTIMATORS = ("hist", "ksg")
@@ -95,14 +96,11 @@ def format_table(r: dict) -> str:
          f"{100 * r['poisoned_acc']:.2f}%", best("poisoned"), f"{100 * r['acc_gap']:.2f} pts",
          f"{r['times']['generate_s']:.0f} s gen + {r['times']['victim_poisoned_s']:.0f} s"),
     ]
-    w = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    line = lambda row: "| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(row)) + " |"  # noqa: E731
-    sep = "|" + "|".join("-" * (x + 2) for x in w) + "|"
     head = (f"{r['data']}: {r['subset']} training images, victim {r['victim']} ({r['victim_epochs']} epochs), "
             f"accuracy on the full {r['test_size']}-image clean test set")
     g = G_SHORT[r.get("mi_model", "clean")]  # results written before mi_model existed used the clean victim
     mi_lines = [f"sliced MI ({e}, m={v['m']}, n={v['n_per_class']}/class, nats), g = {g}: "
                 f"clean ref {v['clean']:.4f}, protected {v['poisoned']:.4f}, gap {v['gap']:.4f} +- {v['se']:.4f}"
                 for e, v in r.get("mi", {}).items()]
-    return "\n".join([head, line(rows[0]), sep, line(rows[1]), line(rows[2]), *mi_lines,
+    return "\n".join([head, *table_lines(rows[0], rows[1:]), *mi_lines,
                       f"total wall time {r['seconds']:.0f} s"])

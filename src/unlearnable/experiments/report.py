@@ -31,6 +31,7 @@ import numpy as np
 from ..fsutil import atomic_path, write_json
 from .cache import RunStore
 from .run_view import PCT, RunView, depth_sorted, mean_std, ratio_series, test_acc_of
+from .markdown import table_lines
 
 
 class Table:
@@ -67,10 +68,7 @@ class Table:
     def markdown(self) -> str:
         head = [self.corner] + self.columns
         rows = [[label] + [self.fmt(c) for c in cells] for label, cells in self.rows]
-        w = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
-        line = lambda r: "| " + " | ".join(str(c).ljust(w[i]) for i, c in enumerate(r)) + " |"  # noqa: E731
-        out = [f"### {self.title}", "", line(head), "|" + "|".join("-" * (x + 2) for x in w) + "|"]
-        out += [line(r) for r in rows]
+        out = [f"### {self.title}", "", *table_lines(head, rows)]
         notes = list(self.notes) + [f"unavailable: {r} ({n} cells)" for r, n in self.reasons.items()]
         if notes:
             out += [""] + [f"- {n}" for n in notes]
