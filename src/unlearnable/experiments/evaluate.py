@@ -22,6 +22,7 @@ from pathlib import Path
 from ..data.dataset import fingerprint
 from ..errors import UnlearnableError, check_seed
 from ..models import check_model_name
+from .markdown import table_lines
 
 
 # -- cells -------------------------------------------------------------------------------
@@ -210,7 +211,7 @@ def format_table(result: dict) -> str:
     if "clean" in tags and len(tags) > 1:
         head.append("gap")
     head.append("time")
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    rows = []
     for row in result["rows"]:
         proto = row["cell"].split(":")[1]
         cells = [row["model"], proto, row["defenses"]]
@@ -221,5 +222,5 @@ def format_table(result: dict) -> str:
         if "gap" in row:
             cells.append(f"{100 * row['gap']:.2f} pts")
         cells.append(f"{sum(row['results'][t]['seconds'] for t in tags):.0f} s")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return "\n".join(table_lines(head, rows))
