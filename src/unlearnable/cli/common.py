@@ -4,8 +4,9 @@ more than one command. Defined once here; each command module imports what it us
 from __future__ import annotations
 
 import argparse
-import math
 import sys
+
+from ..units import finite, parse_budget
 
 
 # -- argument types ----------------------------------------------------------------------
@@ -13,28 +14,22 @@ import sys
 def number(text: str) -> float:
     """A finite float: NaN and infinity pass every range check, so they are refused here."""
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
+        return finite(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def eps_255(text: str) -> float:
     """Budgets are given in 1/255 units (``8`` or ``8/255``); returned in pixel units.
 
     Errors speak in the flag's own unit: ``--eps 300`` is "300/255", not "1.176"."""
-    num, sep, den = text.partition("/")
-    n255 = number(num)
-    if sep:
-        d = number(den)
-        if d == 0:
-            raise argparse.ArgumentTypeError(f"not a budget: {text!r}")
-        n255 = n255 * 255.0 / d
-    if not 0 < n255 <= 255:
+    try:
+        eps = parse_budget(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not 0 < eps * 255 <= 255:
         raise argparse.ArgumentTypeError(f"must be in (0, 255] (1/255 units), got {text}")
-    return n255 / 255.0
+    return eps
 
 
 def ratio(text: str) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+from ..units import parse_budget
 from ..errors import UnlearnableError
 
 _PROTOCOLS: dict[str, Callable] = {}
@@ -40,10 +41,9 @@ def parse_protocol(text: str) -> tuple[str, tuple]:
     text = text.strip().lower()
     m = re.fullmatch(r"at-([0-9.]+(?:/[0-9.]+)?)", text)
     if m:
-        num, _, den = m.group(1).partition("/")
         try:
-            eps = float(num) / (float(den) if den else 255.0)
-        except (ValueError, ZeroDivisionError):
+            eps = parse_budget(m.group(1))
+        except ValueError:
             raise UnlearnableError(f"bad AT budget in {text!r}; write at-E with E in 1/255 units, e.g. at-4") from None
         if not 0 < eps <= 1:
             raise UnlearnableError(f"AT budget must be in (0, 255]/255, got {text!r}")
