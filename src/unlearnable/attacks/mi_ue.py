@@ -98,6 +98,31 @@ def mi_pgd(model, cfg: MIUEConfig, x: torch.Tensor, y: torch.Tensor, delta: torc
     return new, last[0], last[1]
 
 
+def min_min_epoch(run: SourceRun, epoch: int, *, train_aug, train_delta, update_poisons,
+                  on_batch=None) -> tuple[float, float, float]:
+    """One epoch of Algorithm 1 on ``run`` (its config a :class:`MIUEConfig`): the source
+    model takes T_theta batches of cross-entropy on ``train_delta()`` (one full pass when
+    ``source_steps`` is None; min over theta), its schedule steps, and with the model in
+    eval mode ``update_poisons(step)`` moves the poisons by PGD on L_mi (min over delta),
+    ``step`` being this epoch's step size. Returns the source CE, its train accuracy and
+    ``step``.
+
+    The two hooks are what differs between callers: :class:`MIUE` trains on its parameter
+    and updates every batch of it with :func:`mi_pgd`; protect trains on what its working
+    resolution sees of the user images and fills each PGD batch with reference images.
+    """
+    cfg = run.cfg
+    if cfg.source_steps is None:
+        ce, acc = run.train_pass(train_aug, delta=train_delta(), on_batch=on_batch)
+    else:
+        ce, acc = run.train_steps(cfg.source_steps, train_aug, delta=train_delta(), on_batch=on_batch)
+    run.sched.step()
+    run.model.eval()
+    step = cfg.step_at(epoch)
+    update_poisons(step)
+    return ce, acc, step
+
+
 # What determines the poisons (device and precision flags are excluded on purpose: a run
 # may resume on another device).
 _RUNTIME_KEYS = RUNTIME_KEYS
@@ -137,24 +162,18 @@ class MIUE(Attack):
         per_epoch = n_tr + (n_tr if cfg.source_steps is None else cfg.source_steps)
         with bar(total=cfg.epochs * per_epoch, initial=start * per_epoch, desc=self.name, unit="batch") as pb:
             for epoch in range(start, cfg.epochs):
-                # Source model: T_theta batches of CE on the current poisons (min over theta).
-                if cfg.source_steps is None:
-                    ce, acc = run.train_pass(train_aug, delta=delta, on_batch=pb.update)
-                else:
-                    ce, acc = run.train_steps(cfg.source_steps, train_aug, delta=delta, on_batch=pb.update)
-                run.sched.step()
-                # Poisons: T_a signed-gradient steps on L_mi for every batch (min over delta).
-                model.eval()
-                step = cfg.step_at(epoch)
                 mi_total = [0.0]
 
-                def update(x, y, d, step=step, mi_total=mi_total):
-                    new, loss, n = mi_pgd(model, cfg, x, y, d, step=step, transform=transform,
-                                          gather=run.gather_batch, dist_scale=dist_scale)
-                    mi_total[0] += float(loss) * n
-                    return new
+                def update_poisons(step, mi_total=mi_total):
+                    def update(x, y, d):
+                        new, loss, n = mi_pgd(model, cfg, x, y, d, step=step, transform=transform,
+                                              gather=run.gather_batch, dist_scale=dist_scale)
+                        mi_total[0] += float(loss) * n
+                        return new
+                    run.update_poisons(update, on_batch=pb.update)
 
-                run.update_poisons(update, on_batch=pb.update)
+                ce, acc, step = min_min_epoch(run, epoch, train_aug=train_aug, train_delta=lambda: delta,
+                                              update_poisons=update_poisons, on_batch=pb.update)
                 mi_mean = mi_total[0] / len(data)
                 history.append({"epoch": epoch + 1, "source_ce": round(ce, 5), "source_train_acc": round(acc, 5),
                                 "mi_loss": round(mi_mean, 5), "step_size_255": round(step * 255, 4),

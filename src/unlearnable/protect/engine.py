@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from ..attacks.base import check_eps, with_overrides
-from ..attacks.mi_ue import MIUEConfig, mi_pgd
+from ..attacks.mi_ue import MIUEConfig, mi_pgd, min_min_epoch
 from ..attacks.source import RUNTIME_KEYS, SourceRun
 from ..data.augment import build_augment
 from ..data.dataset import ImageDataset
@@ -133,10 +133,11 @@ def optimise_unit(unit: Unit, ref_x: np.ndarray, ref_y: np.ndarray, num_classes:
     """MI-UE perturbations (U, S, S, C) float32 in [-eps, eps] for ``unit``.
 
     ``ref_x`` uint8 (R, S, S, C) and ``ref_y`` (labels after the unit's classes) are the
-    reference images; ``num_classes`` counts user and reference classes. The source
-    model, its optimiser and its training pass are :class:`~unlearnable.attacks.source.SourceRun`'s,
-    the poison update is :func:`~unlearnable.attacks.mi_ue.mi_pgd`: what is protect's own
-    is which images carry a perturbation and how the working resolution sees it.
+    reference images; ``num_classes`` counts user and reference classes. Each epoch is
+    MI-UE's own :func:`~unlearnable.attacks.mi_ue.min_min_epoch` on a
+    :class:`~unlearnable.attacks.source.SourceRun`, with :func:`~unlearnable.attacks.mi_ue.mi_pgd`
+    as the poison update; protect's own are the two hooks: which images carry a
+    perturbation and how the working resolution sees it.
     """
     mcfg = cfg.miue()
     images = ImageDataset(np.concatenate([unit.x, ref_x]), np.concatenate([unit.labels, ref_y]),
@@ -157,12 +158,12 @@ def optimise_unit(unit: Unit, ref_x: np.ndarray, ref_y: np.ndarray, num_classes:
     full = run.param  # what the source model trains on: seen(delta) on the user rows, zero on the reference
     everyone = torch.arange(n_user, device=device)
     chunk = max(1, mcfg.batch_size // 2)
-    for epoch in range(mcfg.epochs):
+
+    def train_delta():  # the source model sees what the working resolution shows of the user's perturbation
         full[:n_user] = seen(delta, everyone)
-        run.train_pass(train_aug, delta=full)
-        run.sched.step()
-        model.eval()
-        step = mcfg.step_at(epoch)
+        return full
+
+    def update_poisons(step):  # user images in chunks, each PGD batch filled up with reference images
         for rows in everyone.split(chunk):
             take = min(n_ref, mcfg.batch_size - len(rows))
             pick = n_user + torch.randperm(n_ref, generator=gen)[:take].to(device)
@@ -174,6 +175,9 @@ def optimise_unit(unit: Unit, ref_x: np.ndarray, ref_y: np.ndarray, num_classes:
 
             delta[rows], _, _ = mi_pgd(model, mcfg, xu, torch.cat([data.y[rows], yr]), delta[rows], step=step,
                                        transform=transform)
+
+    for epoch in range(mcfg.epochs):
+        min_min_epoch(run, epoch, train_aug=train_aug, train_delta=train_delta, update_poisons=update_poisons)
         if on_epoch is not None:
             on_epoch(epoch + 1)
     delta = torch.where(grey, delta.mean(1, keepdim=True).expand_as(delta), delta)
