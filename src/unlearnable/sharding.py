@@ -216,12 +216,12 @@ class Sharding:
             x, y = run.data.batch(idx)
             self.batch_y, self.batch_bounds = y, bounds
             mine = idx[s:e]
-            run.param[mine] = update(x[s:e], y[s:e], run.expand(mine))
+            run.perturbation[mine] = update(x[s:e], y[s:e], run.expand(mine))
             if on_batch is not None:
                 on_batch()
         self.batch_y = self.batch_bounds = None
         empty = torch.zeros(0, dtype=torch.long, device=run.device)
-        self._gather_rows(run.param, [torch.cat(o) if o else empty for o in owned])
+        self._gather_rows(run.perturbation, [torch.cat(o) if o else empty for o in owned])
 
     def _gather_rows(self, param: torch.Tensor, owned: list[torch.Tensor]) -> None:
         """Every rank sends the rows it updated; every rank writes all of them into ``param``."""

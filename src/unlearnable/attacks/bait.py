@@ -208,14 +208,14 @@ class BAIT(Attack):
             with torch.no_grad():
                 clean_logits = run.logits(x)
             t = incorrect_targets(rule, y, k, clean_logits, run.gen)
-            new = pgd(lambda inp: run.ce(inp, t), x, run.param[t], steps=cfg.pgd_steps, step_size=cfg.step_size,
+            new = pgd(lambda inp: run.ce(inp, t), x, run.perturbation[t], steps=cfg.pgd_steps, step_size=cfg.step_size,
                       eps=cfg.eps)
-            sums = torch.zeros_like(run.param).index_add_(0, t, new)
+            sums = torch.zeros_like(run.perturbation).index_add_(0, t, new)
             counts = torch.bincount(t, minlength=k)
             seen = counts > 0
-            run.param[seen] = (sums[seen] / counts[seen].view(-1, 1, 1, 1)).clamp_(-cfg.eps, cfg.eps)
+            run.perturbation[seen] = (sums[seen] / counts[seen].view(-1, 1, 1, 1)).clamp_(-cfg.eps, cfg.eps)
             with torch.no_grad():
-                bound_sum += float(F.cross_entropy(run.logits(x + project(x, run.param[t], cfg.eps)), t,
+                bound_sum += float(F.cross_entropy(run.logits(x + project(x, run.perturbation[t], cfg.eps)), t,
                                                    reduction="sum"))
                 zero_sum += float(F.cross_entropy(clean_logits, t, reduction="sum"))
             if on_batch is not None:

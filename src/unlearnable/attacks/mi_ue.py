@@ -152,7 +152,7 @@ class MIUE(Attack):
         cfg = self.config
         run = SourceRun(self.name, cfg, train, seed=seed, workdir=workdir, resume=resume,
                         schedule="cosine", schedule_epochs=cfg.epochs)
-        model, gen, data, delta = run.model, run.gen, run.data, run.param
+        model, gen, data, delta = run.model, run.gen, run.data, run.perturbation
         train_aug, pgd_aug = self.augmentations(train)
         start, history = run.start, run.history
 

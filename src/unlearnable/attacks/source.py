@@ -1,11 +1,11 @@
 """Shared machinery for attacks that train a source model: state, checkpoint, poison passes.
 
 :class:`SourceRun` holds what every such attack needs (device, seeded generator, source
-model and optimiser, the training data on the device, the perturbation parameter, a
+model and optimiser, the training data on the device, the perturbation (:attr:`SourceRun.perturbation`), a
 history) and saves all of it to one atomically replaced checkpoint after each unit of
 work, so that ``resume=True`` continues a killed run bit-identically on the same device.
 
-The perturbation parameter is either sample-wise, shape (N, C, H, W), or class-wise,
+The perturbation is either sample-wise, shape (N, C, H, W), or class-wise,
 shape (K, C, H, W); :meth:`SourceRun.expand` turns it into per-sample perturbations and
 :meth:`SourceRun.update_poisons` runs one pass of an update rule over every batch,
 averaging the per-sample results per class in the class-wise case.
@@ -79,7 +79,7 @@ class SourceRun:
     """The state of one source-model attack run, restored from ``workdir`` on resume.
 
     ``schedule`` is ``"cosine"`` (SGD annealed over ``schedule_epochs`` scheduler steps,
-    the caller steps it) or ``"constant"``. The parameter is (N, C, H, W), or (K, C, H, W)
+    the caller steps it) or ``"constant"``. :attr:`perturbation` is (N, C, H, W), or (K, C, H, W)
     when ``classwise``; it starts at zero (the caller initialises it when :attr:`start`
     is 0). Setup order (seed, generator, model, optimiser) is fixed:
     it decides the random streams, so changing it changes every attack's output.
@@ -107,14 +107,14 @@ class SourceRun:
         self.num_classes = train.num_classes
         self.classwise = classwise
         shape = (train.num_classes, *self.data.x.shape[1:]) if classwise else tuple(self.data.x.shape)
-        self.param = torch.zeros(shape, dtype=torch.float32, device=device)
+        self.perturbation = torch.zeros(shape, dtype=torch.float32, device=device)
         self.record = RunRecord(name, cfg, train, seed=seed, workdir=workdir, resume=resume)
         self.history: list[dict] = []
         self.extra: dict = {}
         self.start = 0
         state = self.record.state
         if state is not None:
-            self.param.copy_(state["delta"].to(device))
+            self.perturbation.copy_(state["delta"].to(device))
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["optimizer"])
             if self.sched is not None:
@@ -137,7 +137,7 @@ class SourceRun:
         self.extra.update(extra)
         if self.record.ckpt is None:
             return
-        self.record.save({"epoch": epoch, "delta": self.param.cpu(), "model": self.model.state_dict(),
+        self.record.save({"epoch": epoch, "delta": self.perturbation.cpu(), "model": self.model.state_dict(),
                           "optimizer": self.opt.state_dict(),
                           "scheduler": self.sched.state_dict() if self.sched is not None else None,
                           "rng": rng_state(self.gen), "history": self.history, "extra": self.extra})
@@ -148,10 +148,10 @@ class SourceRun:
 
     # -- perturbations -------------------------------------------------------------
     def expand(self, idx: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-sample perturbations (rows ``idx``, or all) from the parameter."""
+        """Per-sample perturbations (rows ``idx``, or all) from :attr:`perturbation` (a class-wise one is indexed by label)."""
         if idx is None:
-            return self.param[self.data.y] if self.classwise else self.param
-        return self.param[self.data.y[idx]] if self.classwise else self.param[idx]
+            return self.perturbation[self.data.y] if self.classwise else self.perturbation
+        return self.perturbation[self.data.y[idx]] if self.classwise else self.perturbation[idx]
 
     def final_delta(self) -> torch.Tensor:
         """The per-sample perturbation on the CPU, projected to the budget and pixel range."""
@@ -163,8 +163,8 @@ class SourceRun:
 
     def init_uniform(self) -> None:
         """Uniform noise in [-eps, eps] from the run's generator (EM's initialisation)."""
-        noise = torch.rand(self.param.shape, generator=self.gen).to(self.device)
-        self.param.copy_((noise * 2 - 1) * self.cfg.eps)
+        noise = torch.rand(self.perturbation.shape, generator=self.gen).to(self.device)
+        self.perturbation.copy_((noise * 2 - 1) * self.cfg.eps)
 
     def update_poisons(self, update: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], *,
                        shuffle: bool = True, on_batch=None, start_batch: int = 0, stop_batch: int | None = None):
@@ -189,12 +189,12 @@ class SourceRun:
             x, y = self.data.batch(idx)
             new = update(x, y, self.expand(idx))
             if self.classwise:
-                sums = torch.zeros_like(self.param).index_add_(0, y, new)
-                counts = torch.bincount(y, minlength=self.param.shape[0])
+                sums = torch.zeros_like(self.perturbation).index_add_(0, y, new)
+                counts = torch.bincount(y, minlength=self.perturbation.shape[0])
                 seen = counts > 0
-                self.param[seen] = (sums[seen] / counts[seen].view(-1, 1, 1, 1)).clamp_(-self.cfg.eps, self.cfg.eps)
+                self.perturbation[seen] = (sums[seen] / counts[seen].view(-1, 1, 1, 1)).clamp_(-self.cfg.eps, self.cfg.eps)
             else:
-                self.param[idx] = new
+                self.perturbation[idx] = new
             if on_batch is not None:
                 on_batch()
 
@@ -302,7 +302,7 @@ def run_min_min(attack, train, *, seed: int, workdir, resume: bool, update_facto
     shuffled pass of ``update_factory(run)`` over all poisons with the model in eval
     mode, then the source model's accuracy on the poisoned training set (no
     augmentation); stop once it reaches ``cfg.stop_at`` (None: never) or after
-    ``cfg.epochs`` rounds. The parameter is class-wise when ``cfg.mode == "class"``; it
+    ``cfg.epochs`` rounds. The perturbation is class-wise when ``cfg.mode == "class"``; it
     starts uniform in [-eps, eps] when ``cfg.init == "uniform"``. Checkpointed per round.
     """
     cfg = attack.config

@@ -39,7 +39,7 @@ def register(sub) -> None:
 def cmd_compare(args) -> None:
     from ..errors import UnlearnableError
     from ..experiments.compare import format_table, format_worst_case, parse_methods, run_compare
-    from ..measure.report import parse_estimators
+    from ..measure.folders import parse_estimators
     r = run_compare(args.out, data=args.data, methods=parse_methods(args.methods), subset=args.subset,
                     seed=args.seed, preset=args.preset, victim_epochs=args.victim_epochs,
                     mi_slices=args.mi_slices, estimators=parse_estimators(args.estimators),

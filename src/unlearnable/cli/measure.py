@@ -35,7 +35,7 @@ def register(sub) -> None:
 def cmd_measure(args):
     from ..data import spec_path
     from ..fsutil import check_output_file, write_json
-    from ..measure.report import format_table, parse_estimators, run_measure
+    from ..measure.folders import format_table, parse_estimators, run_measure
     names = parse_estimators(args.estimators)
     if args.out:  # before any work: a bad --out must not cost the whole measurement
         check_output_file(args.out, inputs=[*args.poisoned, spec_path(args.clean), args.model])

@@ -37,7 +37,7 @@ from ..errors import UnlearnableError, check_seed
 from ..fsutil import atomic_path, check_output_folder, is_empty_dir, tool_output_kind, write_json
 from ..measure import spearman
 from ..measure.gaps import G_DESCRIPTIONS, MIGapMeter, check_mi_model
-from ..measure.report import parse_estimators
+from ..measure.folders import parse_estimators
 from ..models.checkpoint import load_model, save_model
 from ..poison import poison_dataset
 from ..progress import log

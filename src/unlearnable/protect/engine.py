@@ -155,7 +155,7 @@ def optimise_unit(unit: Unit, ref_x: np.ndarray, ref_y: np.ndarray, num_classes:
         return torch.einsum("bij,bcjk,blk->bcil", seen_h[rows], d, seen_w[rows])
 
     delta = torch.zeros((n_user, *data.x.shape[1:]), device=device)
-    full = run.param  # what the source model trains on: seen(delta) on the user rows, zero on the reference
+    full = run.perturbation  # what the source model trains on: seen(delta) on the user rows, zero on the reference
     everyone = torch.arange(n_user, device=device)
     chunk = max(1, mcfg.batch_size // 2)
 

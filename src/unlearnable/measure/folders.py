@@ -1,5 +1,7 @@
-"""``unlearnable measure``: features of a model on clean and poisoned images, then sliced
-MI (clean reference and clean vs poisoned), MI gaps, covariance and linear separability.
+"""Measure protected folders against their clean images (the library of ``unlearnable
+measure``; not to be confused with :mod:`unlearnable.experiments.report`, which writes a
+run's tables): features of a model on clean and poisoned images, then sliced MI (clean
+reference and clean vs poisoned), MI gaps, covariance and linear separability.
 
 Which network g (:mod:`.gaps`):
 
