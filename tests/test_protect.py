@@ -22,7 +22,7 @@ from unlearnable.protect.quality import psnr, ssim
 from unlearnable.protect.resample import Geometry, apply_perturbation, area_matrix, bilinear_matrix
 from unlearnable.protect.scan import UnsafePath, safe_output_path
 
-TINY = dict(epochs=1, steps=2, working_size=16, batch_size=3, reference_per_class=8, device="cpu")
+TINY = dict(epochs=1, steps=2, working_size=16, unit_size=3, reference_per_class=8, device="cpu")
 TINY_FLAGS = ["--epochs", "1", "--steps", "2", "--working-size", "16", "--batch-size", "3",
               "--reference-per-class", "8", "--device", "cpu"]
 
@@ -157,7 +157,7 @@ def test_interrupted_run_resumes_to_identical_bytes(tmp_path, reference, monkeyp
     src.mkdir()
     for i, name in enumerate(["china", "flower", "coffee", "astronaut", "camera"]):
         small(p[name], 24 + 3 * i, 20 + 2 * i).save(src / f"{i}_{name}.png")
-    protect_folder(src, tmp_path / "a", reference=reference, single_class=True, **{**TINY, "batch_size": 2})
+    protect_folder(src, tmp_path / "a", reference=reference, single_class=True, **{**TINY, "unit_size": 2})
 
     calls = {"n": 0}
     real = folder_mod.save_image
@@ -170,12 +170,12 @@ def test_interrupted_run_resumes_to_identical_bytes(tmp_path, reference, monkeyp
 
     monkeypatch.setattr(folder_mod, "save_image", flaky)
     with pytest.raises(KeyboardInterrupt):
-        protect_folder(src, tmp_path / "b", reference=reference, single_class=True, **{**TINY, "batch_size": 2})
+        protect_folder(src, tmp_path / "b", reference=reference, single_class=True, **{**TINY, "unit_size": 2})
     monkeypatch.setattr(folder_mod, "save_image", real)
     done = {e["input"] for e in json.loads((tmp_path / "b" / "manifest.json").read_text())["images"]}
     assert len(done) == 3 and not list((tmp_path / "b").rglob("*.tmp"))
     first = snapshot(tmp_path / "b")
-    r = protect_folder(src, tmp_path / "b", reference=reference, single_class=True, **{**TINY, "batch_size": 2})
+    r = protect_folder(src, tmp_path / "b", reference=reference, single_class=True, **{**TINY, "unit_size": 2})
     assert (r.protected, r.already_done) == (2, 3)
     a, b = snapshot(tmp_path / "a"), snapshot(tmp_path / "b")
     pngs = sorted(k for k in a if k.endswith(".png"))

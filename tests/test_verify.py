@@ -29,7 +29,7 @@ def tiny(tmp_path_factory):
     np.savez(ref, x_train=x[:120], y_train=y[:120], x_test=x[120:], y_test=y[120:],
              class_names=np.array(["a", "b", "c", "d"]))
     protect_folder(src, root / "prot", reference=str(ref), single_class=True, epochs=1, steps=2, working_size=16,
-                   batch_size=12, reference_per_class=10, device="cpu")
+                   unit_size=12, reference_per_class=10, device="cpu")
     return src, root / "prot", str(ref)
 
 

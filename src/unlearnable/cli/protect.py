@@ -33,7 +33,7 @@ def register(sub) -> None:
     p.add_argument("--eps", type=eps, help="expert: L-inf budget in 1/255 units (overrides the strength)")
     p.add_argument("--steps", type=positive, help="expert: PGD steps per epoch")
     p.add_argument("--epochs", type=positive, help="expert: min-min epochs per batch of images")
-    p.add_argument("--batch-size", type=positive,
+    p.add_argument("--batch-size", dest="unit_size", type=positive,
                    help="images optimised and written together (default 64; Ctrl-C loses at most one batch)")
     p.add_argument("--working-size", type=positive, help="expert: working resolution in pixels (default 32)")
     p.add_argument("--model", help="expert: surrogate model (registry name, default cnn)")
@@ -72,7 +72,7 @@ def cmd_protect(args):
     from ..protect.folder import protect_folder
     r = protect_folder(args.in_dir, args.out_dir, strength=args.strength, single_class=args.single_class,
                        reference=args.reference, seed=args.seed, eps=args.eps, steps=args.steps, epochs=args.epochs,
-                       batch_size=args.batch_size, working_size=args.working_size,
+                       unit_size=args.unit_size, working_size=args.working_size,
                        reference_per_class=args.reference_per_class, model=args.model, device=args.device,
                        bf16=args.bf16, fmt=args.fmt, force_lossy=args.force_lossy)
     for s in r.skipped:

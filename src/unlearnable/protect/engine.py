@@ -1,6 +1,6 @@
 """MI-UE for a batch of a user's images against a reference set, at the working resolution.
 
-One *unit* (``batch_size`` user images, 64 by default) is optimised at a time, with its
+One *unit* (``unit_size`` user images, 64 by default) is optimised at a time, with its
 own source model, so that a finished unit can be written and forgotten: memory stays
 bounded, Ctrl-C loses at most the unit in flight, and each unit's result depends only on
 its images, the reference subset, the settings and the seed.
@@ -68,7 +68,7 @@ class ProtectConfig:
     steps: int = 5  # PGD steps per chunk and epoch
     epochs: int = 10  # min-min epochs per unit
     step_size: float | None = None  # None: eps / 5
-    batch_size: int = 64  # user images per unit (optimised together, written together)
+    unit_size: int = 64  # user images per unit (optimised together, written together)
     working_size: int = 32  # side of the square working resolution
     reference_per_class: int = 200
     minibatch: int = 256  # source-model SGD and PGD minibatch (user + reference images)
@@ -79,7 +79,7 @@ class ProtectConfig:
 
     def validate(self) -> "ProtectConfig":
         check_eps(self.eps)
-        for k in ("steps", "epochs", "batch_size", "reference_per_class"):
+        for k in ("steps", "epochs", "unit_size", "reference_per_class"):
             if int(getattr(self, k)) <= 0:
                 raise UnlearnableError(f"protect: {k} must be positive, got {getattr(self, k)}")
         if self.working_size < 8:

@@ -1,6 +1,6 @@
 """``protect_folder``: protect every image of a folder, resumably, at full resolution.
 
-For each unit of ``batch_size`` inputs (in sorted order of their relative paths):
+For each unit of ``unit_size`` inputs (in sorted order of their relative paths):
 load each image (EXIF orientation applied), area-downsample it to the working
 resolution and drop the full-resolution pixels; optimise the unit's perturbations with
 MI-UE against the reference set (:mod:`.engine`); then, one image at a time, reload it,
@@ -76,14 +76,14 @@ def warn(msg: str) -> None:
 
 def protect_folder(in_dir, out_dir, *, strength: str = "mid", single_class: bool = False,
                    reference: str = "fashion-mnist", seed: int = 0, eps: float | None = None,
-                   steps: int | None = None, epochs: int | None = None, batch_size: int | None = None,
+                   steps: int | None = None, epochs: int | None = None, unit_size: int | None = None,
                    working_size: int | None = None, reference_per_class: int | None = None,
                    model: str | None = None, device: str = "auto", bf16: bool = False, channels_last: bool = True,
                    fmt: str = "png", force_lossy: bool = False) -> ProtectResult:
     """Protect every image under ``in_dir`` into ``out_dir`` (see docs/protect.md).
 
     ``strength`` picks a preset (low, mid, high: budget, PGD steps, epochs); ``eps`` (pixel
-    units, 8/255 = 0.0314), ``steps``, ``epochs``, ``batch_size`` (images per unit),
+    units, 8/255 = 0.0314), ``steps``, ``epochs``, ``unit_size`` (images per unit),
     ``working_size``, ``reference_per_class`` and ``model`` override it. Labels come from
     the top-level sub-folders unless ``single_class``. ``reference`` is a data spec for
     the other classes. ``fmt`` png (default) or tiff are lossless; jpeg and webp are lossy
@@ -91,7 +91,7 @@ def protect_folder(in_dir, out_dir, *, strength: str = "mid", single_class: bool
     unsafe inputs are listed in ``skipped`` rather than raised.
     """
     t0 = time.time()
-    cfg = make_config(strength, eps=eps, steps=steps, epochs=epochs, batch_size=batch_size,
+    cfg = make_config(strength, eps=eps, steps=steps, epochs=epochs, unit_size=unit_size,
                       working_size=working_size, reference_per_class=reference_per_class, model=model,
                       device=device, bf16=bf16, channels_last=channels_last)
     if fmt not in FORMATS:
@@ -141,7 +141,7 @@ class _Run:
         self.lossless = FORMATS[fmt][2]
 
     def execute(self, candidates: list[Candidate]) -> None:
-        bs = self.cfg.batch_size
+        bs = self.cfg.unit_size
         units = [candidates[i:i + bs] for i in range(0, len(candidates), bs)]
         plan = []
         for unit in bar(units, desc="checking inputs", unit="unit"):
