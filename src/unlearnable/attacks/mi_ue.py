@@ -24,7 +24,7 @@ from ..train.loops import num_batches
 from .base import Attack, AttackResult, check_eps, check_positive, register_attack
 from .losses import mi_loss
 from .pgd import pgd
-from .source import RUNTIME_KEYS, SourceRun
+from .source import SourceRun
 
 
 @dataclass
@@ -107,8 +107,8 @@ def min_min_epoch(run: SourceRun, epoch: int, *, train_aug, train_delta, update_
     ``step`` being this epoch's step size. Returns the source CE, its train accuracy and
     ``step``.
 
-    The two hooks are what differs between callers: :class:`MIUE` trains on its parameter
-    and updates every batch of it with :func:`mi_pgd`; protect trains on what its working
+    The two hooks are what differs between callers: :class:`MIUE` trains on its
+    perturbation and updates every batch of it with :func:`mi_pgd`; protect trains on what its working
     resolution sees of the user images and fills each PGD batch with reference images.
     """
     cfg = run.cfg
@@ -121,11 +121,6 @@ def min_min_epoch(run: SourceRun, epoch: int, *, train_aug, train_delta, update_
     step = cfg.step_at(epoch)
     update_poisons(step)
     return ce, acc, step
-
-
-# What determines the poisons (device and precision flags are excluded on purpose: a run
-# may resume on another device).
-_RUNTIME_KEYS = RUNTIME_KEYS
 
 
 @register_attack

@@ -57,8 +57,9 @@ class RunRecord:
                  runtime_keys=RUNTIME_KEYS, match: dict | None = None):
         self.name, self.seed, self.match = name, seed, dict(match or {})
         self.determining = {k: v for k, v in asdict(cfg).items() if k not in runtime_keys}
-        self.fp = fingerprint(train.images, train.labels)
         self.ckpt = Checkpoint(workdir) if workdir is not None else None
+        # Only a checkpoint needs the data's name: a run without one (protect's units) skips the hash.
+        self.fp = fingerprint(train.images, train.labels) if self.ckpt is not None else None
         self.state = None
         if resume and self.ckpt is not None and self.ckpt.exists():
             self.state = self.ckpt.load_matching(name, self.determining, seed, self.fp, **self.match)

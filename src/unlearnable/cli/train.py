@@ -18,8 +18,9 @@ import json
 import shutil
 from pathlib import Path
 
+from ..data import fingerprint
 from ..errors import UnlearnableError, check_seed
-from ..experiments.evaluate import _fingerprint, build_cells, run_evaluate, run_victim
+from ..experiments.evaluate import build_cells, run_evaluate, run_victim
 from ..models import check_model_name
 from .common import add_prior_flags, add_victim_flags, eps_255, positive_int
 
@@ -115,7 +116,7 @@ def cmd_pretrain(args):
     res, preset, cfg = run_victim(train, splits.test, model=model, protocol=protocol, options={}, defenses="none",
                                   preset=args.preset, seed=args.seed, overrides=_overrides(args),
                                   desc=f"pretrain ({protocol})")
-    prov = provenance(data=splits.name, fingerprint=_fingerprint(train), images=len(train), excluded=excluded,
+    prov = provenance(data=splits.name, fingerprint=fingerprint(train.images, train.labels), images=len(train), excluded=excluded,
                       exclude=[str(d) for d in args.exclude or []], subset=args.subset, protocol=protocol,
                       epochs=cfg.epochs, seed=args.seed, test_acc=res.test_acc)
     tmp = make_temp_dir(out)

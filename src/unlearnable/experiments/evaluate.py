@@ -100,10 +100,6 @@ class Source:
     fingerprint: str = field(default="")
 
 
-def _fingerprint(ds) -> str:
-    return fingerprint(ds.images, ds.labels)
-
-
 def load_sources(data: str, clean: str | None, subset: int | None, seed: int) -> list[Source]:
     """The dataset under test, and the clean reference when asked (``""``: recovered from a
     protected folder, as ``poisoned - perturbation``)."""
@@ -126,7 +122,7 @@ def load_sources(data: str, clean: str | None, subset: int | None, seed: int) ->
     for s in sources:
         if s.test is None:
             raise UnlearnableError(f"{s.tag}: the data has no test split to score victims on")
-        s.fingerprint = _fingerprint(s.train)
+        s.fingerprint = fingerprint(s.train.images, s.train.labels)
     return sources
 
 
