@@ -323,3 +323,23 @@ def test_engine_moves_only_user_images_within_budget():
     assert np.allclose(d[0::2, ..., 0], d[0::2, ..., 1]) and not np.allclose(d[1::2, ..., 0], d[1::2, ..., 1])
     again = optimise_unit(unit, x[u:], y[u:] + 1, 5, cfg, seed=7)
     assert np.array_equal(again, optimise_unit(unit, x[u:], y[u:] + 1, 5, cfg, seed=7))  # seeded
+
+
+def test_progress_callback_counts_this_runs_images(tmp_path, reference):
+    p = photos()
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, name in enumerate(["china", "flower", "coffee"]):
+        small(p[name], 20 + i, 18).save(src / f"{name}.png")
+    calls = []
+    protect_folder(src, tmp_path / "o", reference=reference, single_class=True,
+                   on_progress=lambda d, t: calls.append((d, t)), **{**TINY, "unit_size": 2})
+    assert calls[0] == (0.0, 3) and calls[-1] == (3, 3) and all(t == 3 for _, t in calls)
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and len(set(done)) > 3  # fractional steps while a unit is optimised
+    (src / "china.png").unlink()
+    small(p["china"], 30, 18).save(src / "new.png")
+    calls.clear()
+    protect_folder(src, tmp_path / "o", reference=reference, single_class=True,
+                   on_progress=lambda d, t: calls.append((d, t)), **{**TINY, "unit_size": 2})
+    assert calls[0] == (0.0, 1) and calls[-1] == (1, 1)  # only what this run protects is counted

@@ -114,8 +114,11 @@ def test_verdict_claims_only_what_the_worst_case_supports():
 def test_verify_without_attackers_keeps_the_filters_only(tiny, tmp_path):
     src, prot, _ = tiny
     from unlearnable.protect.verify import verify_folder
-    rep = verify_folder(src, prot, epochs=1, device="cpu", mi=False, attackers=False)
+    calls = []
+    rep = verify_folder(src, prot, epochs=1, device="cpu", mi=False, attackers=False,
+                        on_progress=lambda d, t: calls.append((d, t)))
     assert set(rep["results"]) == {"none", "jpeg20", "grayscale"} and rep["attackers"] == {}
+    assert calls == [(0.0, 6)] + [(k, 6) for k in range(1, 7)]  # one call per victim: 3 conditions x 2
 
 
 def test_verdict_wording_is_modest():

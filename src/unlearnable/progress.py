@@ -43,3 +43,28 @@ def log(msg: str) -> None:
     """One status line on stderr (kept off stdout, which carries results)."""
     if not _quiet:
         tqdm.write(msg, file=sys.stderr)
+
+
+class Reported:
+    """A counted bar that also calls ``on_progress(done, total)`` after every update, so a
+    caller without a terminal (the local web page's worker) can show progress and ETA.
+    It counts by itself because a quiet tqdm bar does not."""
+
+    def __init__(self, total: float, on_progress, *, desc: str = "", unit: str = "it"):
+        self.total, self.done, self.on_progress = total, 0.0, on_progress
+        self._bar = bar(total=total, desc=desc, unit=unit)
+
+    def __enter__(self):
+        self._bar.__enter__()
+        if self.on_progress is not None:
+            self.on_progress(0.0, self.total)
+        return self
+
+    def __exit__(self, *exc):
+        return self._bar.__exit__(*exc)
+
+    def update(self, n: float = 1) -> None:
+        self._bar.update(n)
+        self.done = min(self.done + n, self.total)
+        if self.on_progress is not None:
+            self.on_progress(self.done, self.total)

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import UnlearnableError, check_seed
 from ..fsutil import atomic_path
-from ..progress import bar, log
+from ..progress import Reported, bar, log
 from .engine import Unit, make_config, optimise_unit
 from .images import FORMATS, UnreadableImage, compose, load_image, save_image
 from .manifest import Manifest, output_lock, settings_key, sha256_file
@@ -79,7 +79,7 @@ def protect_folder(in_dir, out_dir, *, strength: str = "mid", single_class: bool
                    steps: int | None = None, epochs: int | None = None, unit_size: int | None = None,
                    working_size: int | None = None, reference_per_class: int | None = None,
                    model: str | None = None, device: str = "auto", bf16: bool = False, channels_last: bool = True,
-                   fmt: str = "png", force_lossy: bool = False) -> ProtectResult:
+                   fmt: str = "png", force_lossy: bool = False, on_progress=None) -> ProtectResult:
     """Protect every image under ``in_dir`` into ``out_dir`` (see docs/protect.md).
 
     ``strength`` picks a preset (low, mid, high: budget, PGD steps, epochs); ``eps`` (pixel
@@ -88,7 +88,9 @@ def protect_folder(in_dir, out_dir, *, strength: str = "mid", single_class: bool
     the top-level sub-folders unless ``single_class``. ``reference`` is a data spec for
     the other classes. ``fmt`` png (default) or tiff are lossless; jpeg and webp are lossy
     and refused unless ``force_lossy``. Returns a :class:`ProtectResult`; unreadable and
-    unsafe inputs are listed in ``skipped`` rather than raised.
+    unsafe inputs are listed in ``skipped`` rather than raised. ``on_progress(done, total)``,
+    when given, is called as images are finished (``total``: the images this run protects;
+    ``done`` moves in fractions of an image while a unit is optimised).
     """
     t0 = time.time()
     cfg = make_config(strength, eps=eps, steps=steps, epochs=epochs, unit_size=unit_size,
@@ -121,7 +123,7 @@ def protect_folder(in_dir, out_dir, *, strength: str = "mid", single_class: bool
         manifest.settings = {**settings, "key": key, "eps_255": cfg.eps_255, "strength": strength,
                              "input_dir": str(in_root)}
         manifest.save()  # from now on the folder is recognisably ours, even if the run is killed
-        run = _Run(cfg, ref, manifest, out_root, fmt, key, seed, skipped)
+        run = _Run(cfg, ref, manifest, out_root, fmt, key, seed, skipped, on_progress)
         try:
             run.execute(candidates)
         finally:
@@ -134,9 +136,10 @@ def protect_folder(in_dir, out_dir, *, strength: str = "mid", single_class: bool
 
 class _Run:
     def __init__(self, cfg, ref, manifest: Manifest, out_root: Path, fmt: str, key: str, seed: int,
-                 skipped: list[Skipped]):
+                 skipped: list[Skipped], on_progress=None):
         self.cfg, self.ref, self.manifest, self.out_root = cfg, ref, manifest, out_root
         self.fmt, self.key, self.seed, self.skipped = fmt, key, seed, skipped
+        self.on_progress = on_progress
         self.protected = self.already_done = 0
         self.lossless = FORMATS[fmt][2]
 
@@ -161,7 +164,7 @@ class _Run:
             self.already_done += len(unit) - len(todo)
             if todo:
                 plan.append((unit, shas, todo))
-        with bar(total=sum(len(t) for _, _, t in plan), desc="protect", unit="img") as pb:
+        with Reported(sum(len(t) for _, _, t in plan), self.on_progress, desc="protect", unit="img") as pb:
             for unit, shas, todo in plan:
                 self._unit(unit, shas, todo, pb)
                 self.manifest.save()

@@ -54,7 +54,7 @@ from ..data import ImageDataset
 from ..errors import UnlearnableError
 from ..fsutil import write_json
 from ..models.checkpoint import save_model
-from ..progress import bar, log
+from ..progress import Reported, bar, log
 from ..train import train_victim, victim_preset
 from .images import UnreadableImage, load_image
 from .manifest import NAME, read_manifest_file, sha256_file
@@ -174,7 +174,7 @@ def _reference_prior(ref, ref_train: np.ndarray, ref_test, cfg, seed: int, workd
 
 
 def _fold(fold, masks, test_mask, views, labels, ref, ref_test, k_user, all_names, conditions, counts, cfg, prior,
-          seed, mi, mi_report):
+          seed, mi, mi_report, victims):
     """Every condition's two victims (original, protected) on one fold; adds to ``counts``
     and returns the MI report (measured once, on the first fold's clean scratch victim)."""
     tr = ~test_mask
@@ -193,6 +193,7 @@ def _fold(fold, masks, test_mask, views, labels, ref, ref_test, k_user, all_name
             log(f"fold {fold + 1}/{len(masks)}: victim on {version} data, {cond}")
             res = train_victim(train_ds, test_ds, run_cfg, seed=seed, desc=f"{version}/{cond}",
                                val=held_out if how == "early-stop" else None)
+            victims.update(1)
             pred = _predict(res.model, test_x, cfg.channels_last)
             user = test_y < k_user
             c = counts[cond][version]
@@ -208,11 +209,12 @@ def _fold(fold, masks, test_mask, views, labels, ref, ref_test, k_user, all_name
 def verify_folder(in_dir, out_dir, *, reference: str | None = None, out=None, holdout: float = 0.25, folds: int = 1,
                   epochs: int = 10, jpeg_quality: int = 20, reference_per_class: int | None = None,
                   test_per_class: int = 100, size: int | None = None, model: str = "cnn", seed: int = 0,
-                  device: str = "auto", mi: bool = True, attackers: bool = True) -> dict:
+                  device: str = "auto", mi: bool = True, attackers: bool = True, on_progress=None) -> dict:
     """Train quick victims on the original and on the protected images and report (see module doc).
 
     ``attackers``: also the early-stopping and fine-tuned-prior victims (False: the scratch
-    victim under the filters only).
+    victim under the filters only). ``on_progress(done, total)``, when given, is called as
+    each victim (and the attackers' prior) finishes training.
 
     Returns the report as a dict (also written to ``out`` when given); its ``verdict`` is
     one line.
@@ -276,10 +278,14 @@ def verify_folder(in_dir, out_dir, *, reference: str | None = None, out=None, ho
     mi_report = {"skipped": "disabled"} if not mi else None
     workdir = Path(tempfile.mkdtemp(prefix="unlearnable-verify-"))
     try:
-        prior = _reference_prior(ref, ref_train, ref_test, cfg, seed, workdir) if attackers else None
-        for fold, test_mask in enumerate(masks):
-            mi_report = _fold(fold, masks, test_mask, views, labels, ref, ref_test, k_user, all_names, conditions,
-                              counts, cfg, prior, seed, mi, mi_report)
+        with Reported(int(attackers) + 2 * len(masks) * len(conditions), on_progress, desc="victims",
+                      unit="model") as victims:
+            prior = _reference_prior(ref, ref_train, ref_test, cfg, seed, workdir) if attackers else None
+            if attackers:
+                victims.update(1)
+            for fold, test_mask in enumerate(masks):
+                mi_report = _fold(fold, masks, test_mask, views, labels, ref, ref_test, k_user, all_names,
+                                  conditions, counts, cfg, prior, seed, mi, mi_report, victims)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     results = {}
