@@ -22,12 +22,12 @@ __all__ = ["build_parser", "describe_os_error", "guarded", "main"]
 def build_parser() -> argparse.ArgumentParser:
     # The command modules are imported here, not at the top: ``import unlearnable.cli``
     # stays cheap, and the library they name is only loaded to build the parser.
-    from . import compare, demo, measure, poison, protect, run, train
+    from . import compare, demo, measure, poison, protect, run, serve, train
 
     p = Parser(prog="unlearnable", description="Make image data unlearnable, test the protection, measure why.")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or status lines")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for module in (demo, poison, measure, train, protect, run, compare):  # the order of --help
+    for module in (demo, poison, measure, train, protect, serve, run, compare):  # the order of --help
         module.register(sub)
     return p
 
