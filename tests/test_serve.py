@@ -3,13 +3,15 @@ refused, one task at a time, a protect run's outputs, previews, the zip, the che
 cancel and resume."""
 
 import io
+import socket
+import time
 import zipfile
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from serve_harness import TINY, photo_png, reference_npz, start_server
+from serve_harness import TINY, TOKEN, photo_png, reference_npz, start_server
 from unlearnable.cli import main
 from unlearnable.errors import UnlearnableError
 from unlearnable.serve import Options, serve
@@ -235,3 +237,21 @@ def test_worker_never_writes_outside_the_job(srv):
     stray = [p for p in srv.work.rglob("*") if p.is_file() and p.relative_to(srv.work).parts[0] != "jobs"]
     assert stray == []
     assert all(len(p.relative_to(srv.work).parts) >= 3 for p in srv.work.rglob("*") if p.is_file())
+
+
+def test_a_connection_lost_during_an_upload_leaves_nothing(srv):
+    job = new_job(srv)
+    host, port = srv.url.removeprefix("http://").split(":")
+    inbox = srv.work / "jobs" / job / "input"
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall((f"POST /api/jobs/{job}/files?name=half.png HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      f"X-Token: {TOKEN}\r\nContent-Length: 100000\r\n\r\n").encode() + photo_png(0)[:500])
+        t0 = time.time()
+        while not list(inbox.glob(".upload-*.tmp")) and time.time() - t0 < 10:
+            time.sleep(0.05)
+        assert list(inbox.glob(".upload-*.tmp"))  # the bytes are arriving, in the job's own folder
+    t0 = time.time()
+    while any(inbox.iterdir()) and time.time() - t0 < 10:
+        time.sleep(0.1)
+    assert not any(inbox.iterdir())  # neither the image nor its temporary file
+    assert upload(srv, job, "whole.png", photo_png(0))[1]["added"] == ["whole.png"]  # the server goes on
