@@ -88,27 +88,24 @@ def create_app(jobs: Jobs, token: str, *, loopback: bool = True) -> Starlette:
 
     def summary(job) -> dict:
         spec = job.spec
-        out = {"id": job.id, "created": spec.get("created"), "source": spec.get("source"),
-               "folder": spec.get("folder"), "protect_settings": spec.get("protect"),
-               **{task: jobs.progress(job, task) for task in TASKS}}
-        return out
+        return {"id": job.id, "created": spec.get("created"), "source": spec.get("source"),
+                "folder": spec.get("folder"), "protect_settings": spec.get("protect"),
+                **{task: jobs.progress(job, task) for task in TASKS}}
 
     def detail(job) -> dict:
         out = summary(job)
-        if spec_inputs := (job.spec.get("source") == "upload"):
+        if job.spec.get("source") == "upload":
             root = job.input_dir
             out["inputs"] = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
                                    if p.is_file() and not any(s.startswith(".") for s in p.relative_to(root).parts))
-        out["uploads"] = spec_inputs
-        st = job.status("protect")
-        if st.get("result"):
-            r = st["result"]
-            out["result"] = {k: r.get(k) for k in ("protected", "already_done", "images", "skipped", "ignored",
-                                                   "eps_255", "linf_255", "mean_psnr", "mean_ssim", "seconds")}
+        result = job.status("protect").get("result")
+        if result:
+            out["result"] = {k: result.get(k) for k in ("protected", "already_done", "images", "skipped", "ignored",
+                                                        "eps_255", "linf_255", "mean_psnr", "mean_ssim", "seconds")}
         out["images"] = views.images(job.output_dir)
-        v = job.status("verify")
-        if v.get("state") == "done" and v.get("result"):
-            out["verify_result"] = v["result"]
+        verify = job.status("verify")
+        if verify.get("state") == "done" and verify.get("result"):
+            out["verify_result"] = verify["result"]
         return out
 
     async def page(request: Request):
