@@ -183,7 +183,8 @@ def test_protect_previews_zip_check_and_one_task_at_a_time(srv):
 
 def test_folder_jobs_are_checked(srv, tmp_path):
     for folder, words in [("relative/path", "full path"), (str(tmp_path / "missing"), "no such folder"),
-                          (str(srv.work), "work folder")]:
+                          (str(srv.work), "contains the server's work folder"),
+                          (str(srv.work / "jobs"), "inside the server's own work folder")]:
         status, d = srv.call("POST", "/api/jobs", {"folder": folder})
         assert status == 400 and words in d["error"], d
     (tmp_path / "mine").mkdir()

@@ -123,8 +123,12 @@ class Jobs:
                 raise UnlearnableError(f"{folder}: no such folder on this machine")
             if not os.access(path, os.R_OK | os.X_OK):
                 raise UnlearnableError(f"{folder}: this folder cannot be read")
-            if path == self.root or self.root in path.parents or path in self.root.parents:
-                raise UnlearnableError(f"{folder}: the server's own work folder cannot be protected")
+            if path == self.root or self.root in path.parents:
+                raise UnlearnableError(f"{folder}: this is inside the server's own work folder")
+            if path in self.root.parents:
+                raise UnlearnableError(f"{folder}: this folder contains the server's work folder ({self.root}), "
+                                       f"whose jobs would be protected too; choose a folder inside it, or start "
+                                       f"the server with a work folder elsewhere")
             spec.update(source="folder", folder=str(path))
         while True:
             job_id = secrets.token_hex(6)
