@@ -26,39 +26,26 @@ import torch
 
 from ..data.augment import build_augment
 from ..errors import UnlearnableError
-from .base import Attack, AttackResult, check_eps, check_positive, register_attack
+from .base import Attack, AttackResult, ClassifierSourceConfig, register_attack
 from .pgd import pgd
 from .source import SourceRun, train_then_craft
 
 
 @dataclass
-class APConfig:
-    model: str = "cnn"
+class APConfig(ClassifierSourceConfig):
     epochs: int = 8  # source-model training epochs (clean data)
-    batch_size: int = 256
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
     lr_min: float = 1e-6
-    train_augment: str = "crop-flip"
-    eps: float = 8 / 255
     pgd_steps: int = 20
     step_size: float | None = None  # None: 2.5 * eps / pgd_steps
     targeted: bool = True
     target_shift: int = 1  # target class (y + target_shift) mod K
     pgd_augment: str = "crop-flip"  # expectation over transformations while crafting
     random_start: bool = False
-    crop_padding: int = 4
-    device: str = "auto"
-    bf16: bool = False
-    channels_last: bool = True
 
     def validate(self):
-        check_eps(self.eps)
-        check_positive("ap", self, ("epochs", "batch_size", "pgd_steps"))
+        self.check_source("ap", ("pgd_steps",))
         if self.lr <= 0 or (self.step_size is not None and self.step_size <= 0):
             raise UnlearnableError("ap: lr and step_size must be positive")
-        build_augment(self.train_augment, self.crop_padding)
         build_augment(self.pgd_augment, self.crop_padding)
 
     @property

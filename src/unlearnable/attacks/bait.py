@@ -74,7 +74,7 @@ from ..data.augment import build_augment
 from ..errors import UnlearnableError
 from ..progress import bar
 from ..train.loops import batches, num_batches
-from .base import Attack, AttackResult, check_eps, check_positive, register_attack
+from .base import Attack, AttackResult, ClassifierSourceConfig, register_attack
 from .pgd import pgd, project
 from .source import SourceRun
 
@@ -120,28 +120,22 @@ def incorrect_targets(rule: str, y: torch.Tensor, num_classes: int, logits: torc
 
 
 @dataclass
-class BAITConfig:
-    model: str = "cnn"
+class BAITConfig(ClassifierSourceConfig):
     epochs: int = 15  # rounds: train_steps source batches, then one outer pass over the data
     train_steps: int = 10  # inner level: source SGD batches per round on (x + delta_y, y)
-    batch_size: int = 256
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    eps: float = 8 / 255
     pgd_steps: int = 2  # outer level: signed-gradient steps per batch
     step_size: float = 1.6 / 255
     targets: str = "hard,random,far"  # incorrect-target rules; the rounds split evenly between them
     init: str = "zero"  # "zero" (the release) or "uniform" in [-eps, eps]
-    train_augment: str = "crop-flip"
-    crop_padding: int = 4
-    device: str = "auto"
-    bf16: bool = False
-    channels_last: bool = True
 
     def validate(self):
-        check_eps(self.eps)
-        check_positive("bait", self, ("epochs", "train_steps", "batch_size", "pgd_steps"))
+        if self.crop_padding < 0:  # before check_source, whose augmentation check is plainer
+            raise UnlearnableError(f"bait: crop_padding must be non-negative, got {self.crop_padding}")
+        try:
+            build_augment(self.train_augment, self.crop_padding)
+        except UnlearnableError as e:
+            raise UnlearnableError(f"bait: train_augment: {e}") from None
+        self.check_source("bait", ("train_steps", "pgd_steps"))
         for k in ("step_size", "lr"):
             if getattr(self, k) <= 0:
                 raise UnlearnableError(f"bait: {k} must be positive, got {getattr(self, k)}")
@@ -152,12 +146,6 @@ class BAITConfig:
         if self.init not in ("zero", "uniform"):
             raise UnlearnableError(f"bait: init must be 'zero' or 'uniform', got {self.init!r}")
         parse_rules(self.targets)
-        if self.crop_padding < 0:
-            raise UnlearnableError(f"bait: crop_padding must be non-negative, got {self.crop_padding}")
-        try:
-            build_augment(self.train_augment, self.crop_padding)
-        except UnlearnableError as e:
-            raise UnlearnableError(f"bait: train_augment: {e}") from None
 
 
 _PAPER = BAITConfig(model="resnet-18", epochs=90, train_steps=1, batch_size=512, pgd_steps=1, step_size=0.8 / 255)

@@ -17,6 +17,7 @@ from typing import ClassVar
 
 import torch
 
+from ..data.augment import build_augment
 from ..errors import UnlearnableError, check_finite_fields
 from ..fsutil import atomic_path
 
@@ -116,6 +117,41 @@ def check_positive(owner: str, config, fields) -> None:
 def check_eps(eps: float) -> None:
     if not (0 < eps <= 1):
         raise UnlearnableError(f"eps must be in (0, 255]/255, got {eps * 255:g}/255")
+
+
+@dataclass
+class SourceConfig:
+    """The settings of every attack that trains a model of its own (a source classifier, a
+    SimCLR backbone, a generator's follower). An attack's ``Config`` subclasses this (or
+    :class:`ClassifierSourceConfig`), redeclares a field only where its paper's default
+    differs (the field keeps its place) and adds its own fields after these."""
+    model: str = "cnn"
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    eps: float = 8 / 255
+    device: str = "auto"
+    bf16: bool = False
+    channels_last: bool = True
+
+    def check_source(self, owner: str, positive=()) -> None:
+        """The checks they all make: the budget, and ``epochs``, ``batch_size`` and the
+        integer fields ``positive`` positive (one-line errors naming ``owner``)."""
+        check_eps(self.eps)
+        check_positive(owner, self, ("epochs", "batch_size", *positive))
+
+
+@dataclass
+class ClassifierSourceConfig(SourceConfig):
+    """A source model trained by SGD with momentum, on augmented images."""
+    momentum: float = 0.9
+    train_augment: str = "crop-flip"
+    crop_padding: int = 4  # 4 is the CIFAR (32 px) setting; 2 suits 28 px images
+
+    def check_source(self, owner: str, positive=()) -> None:
+        super().check_source(owner, positive)
+        build_augment(self.train_augment, self.crop_padding)  # a one-line error for an unknown name
 
 
 class Checkpoint:

@@ -28,9 +28,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..data.augment import build_augment
 from ..errors import UnlearnableError
-from .base import Attack, AttackResult, check_eps, check_positive, register_attack
+from .base import Attack, AttackResult, ClassifierSourceConfig, register_attack
 from .pgd import pgd
 from .source import run_min_min
 
@@ -38,29 +37,17 @@ MODES = ("sample", "class")
 
 
 @dataclass
-class EMConfig:
-    model: str = "cnn"
+class EMConfig(ClassifierSourceConfig):
     mode: str = "sample"  # "sample": one perturbation per image; "class": one per class
-    epochs: int = 10  # maximum number of rounds
+    epochs: int = 10  # rounds, at most: train_steps source batches, then one PGD pass over the data
     train_steps: int = 10  # source-model batches per round
-    batch_size: int = 256
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    eps: float = 8 / 255
     pgd_steps: int = 10
     step_size: float = 1.6 / 255
     stop_acc: float | None = None  # None: 0.99 sample-wise, 0.9 class-wise (the paper's error thresholds)
     init: str = "uniform"  # "uniform" in [-eps, eps] (the paper) or "zero"
-    train_augment: str = "crop-flip"
-    crop_padding: int = 4
-    device: str = "auto"
-    bf16: bool = False
-    channels_last: bool = True
 
     def validate(self):
-        check_eps(self.eps)
-        check_positive("em", self, ("epochs", "train_steps", "batch_size", "pgd_steps"))
+        self.check_source("em", ("train_steps", "pgd_steps"))
         if self.step_size <= 0 or self.lr <= 0:
             raise UnlearnableError("em: step_size and lr must be positive")
         if self.mode not in MODES:
@@ -69,7 +56,6 @@ class EMConfig:
             raise UnlearnableError(f"em: init must be 'uniform' or 'zero', got {self.init!r}")
         if self.stop_acc is not None and not (0 < self.stop_acc <= 1):
             raise UnlearnableError(f"em: stop_acc must be in (0, 1], got {self.stop_acc}")
-        build_augment(self.train_augment, self.crop_padding)
 
     @property
     def stop_at(self) -> float:

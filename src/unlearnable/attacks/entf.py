@@ -28,37 +28,25 @@ from ..data.augment import build_augment
 from ..errors import UnlearnableError
 from ..runtime import autocast, to_model_input
 from ..train.loops import batches
-from .base import Attack, AttackResult, check_eps, check_positive, register_attack
+from .base import Attack, AttackResult, ClassifierSourceConfig, register_attack
 from .pgd import pgd
 from .source import SourceRun, train_then_craft
 
 
 @dataclass
-class ENTFConfig:
-    model: str = "cnn"
+class ENTFConfig(ClassifierSourceConfig):
     epochs: int = 8  # adversarial training epochs of the source model
-    batch_size: int = 256
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
     lr_min: float = 1e-6
-    train_augment: str = "crop-flip"
     adv_eps: float | None = None  # None: eps
     adv_steps: int = 3
     adv_step_size: float | None = None  # None: 2.5 * adv_eps / adv_steps
-    eps: float = 8 / 255
     pgd_steps: int = 20
     step_size: float | None = None  # None: 2.5 * eps / pgd_steps
     target: str = "nearest"  # "nearest" centroid of another class, or "next" (y + 1 mod K)
     pgd_augment: str = "crop-flip"
-    crop_padding: int = 4
-    device: str = "auto"
-    bf16: bool = False
-    channels_last: bool = True
 
     def validate(self):
-        check_eps(self.eps)
-        check_positive("entf", self, ("epochs", "batch_size", "pgd_steps"))
+        self.check_source("entf", ("pgd_steps",))
         if self.adv_steps < 0 or self.lr <= 0:
             raise UnlearnableError("entf: adv_steps must be non-negative and lr positive")
         if self.adv_eps is not None and not (0 <= self.adv_eps <= 1):
@@ -68,7 +56,6 @@ class ENTFConfig:
                 raise UnlearnableError(f"entf: {k} must be positive")
         if self.target not in ("nearest", "next"):
             raise UnlearnableError(f"entf: target must be 'nearest' or 'next', got {self.target!r}")
-        build_augment(self.train_augment, self.crop_padding)
         build_augment(self.pgd_augment, self.crop_padding)
 
     @property

@@ -68,7 +68,7 @@ from ..models import build_model
 from ..progress import bar
 from ..runtime import autocast, make_generator, prepare_model, resolve_device, seed_everything, to_model_input
 from ..train.loops import TensorData, num_batches
-from .base import Attack, AttackResult, check_eps, check_positive, register_attack, rng_state, set_rng_state
+from .base import Attack, AttackResult, ClassifierSourceConfig, register_attack, rng_state, set_rng_state
 from .pgd import project
 from .source import RUNTIME_KEYS, RunRecord
 
@@ -114,10 +114,8 @@ def payoff(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class GUEConfig:
-    model: str = "cnn"  # the follower classifier
+class GUEConfig(ClassifierSourceConfig):
     epochs: int = 50
-    batch_size: int = 256
     lr: float = 0.01  # classifier SGD
     gen_lr: float = 0.1  # generator learning rate
     gen_optimizer: str = "sgd"  # sgd (the paper) or adam
@@ -126,25 +124,17 @@ class GUEConfig:
     inner_steps: int = 10  # T: Adam steps approximating the follower's best response
     inner_lr: float = 1e-4
     eta: float = 1.5  # BOME's constraint weight
-    eps: float = 8 / 255
     gen_width: int = 32
     gen_levels: int = 3
     label_input: bool = False
     train_augment: str = "none"
-    crop_padding: int = 4
     checkpoint_batches: int = 16  # does not change the result
-    device: str = "auto"
-    bf16: bool = False
-    channels_last: bool = True
 
     def validate(self):
-        check_eps(self.eps)
-        check_positive("gue", self, ("epochs", "batch_size", "inner_steps", "gen_width", "gen_levels",
-                                     "checkpoint_batches"))
+        self.check_source("gue", ("inner_steps", "gen_width", "gen_levels", "checkpoint_batches"))
         if min(self.lr, self.gen_lr, self.inner_lr, self.eta) <= 0 or self.momentum < 0 or self.weight_decay < 0:
             raise UnlearnableError("gue: lr, gen_lr, inner_lr and eta must be positive, momentum and "
                                    "weight_decay non-negative")
-        build_augment(self.train_augment, self.crop_padding)
         if self.gen_optimizer not in ("sgd", "adam"):
             raise UnlearnableError(f"gue: gen_optimizer must be sgd or adam, got {self.gen_optimizer!r}")
 

@@ -21,22 +21,17 @@ from ..errors import UnlearnableError
 from ..progress import bar
 from ..runtime import autocast, to_model_input
 from ..train.loops import num_batches
-from .base import Attack, AttackResult, check_eps, check_positive, register_attack
+from .base import Attack, AttackResult, ClassifierSourceConfig, register_attack
 from .losses import mi_loss
 from .pgd import pgd
 from .source import SourceRun
 
 
 @dataclass
-class MIUEConfig:
-    model: str = "cnn"
-    epochs: int = 10
+class MIUEConfig(ClassifierSourceConfig):
     batch_size: int = 512
-    lr: float = 0.1
-    momentum: float = 0.9
     weight_decay: float = 1e-4
     lr_min: float = 1e-6
-    eps: float = 8 / 255
     pgd_steps: int = 5  # T_a: signed-gradient steps per poison batch
     source_steps: int | None = None  # T_theta: source SGD batches per epoch (None: one full pass)
     step_size: float = 1.6 / 255
@@ -48,23 +43,18 @@ class MIUEConfig:
     pgd_augment: str = "none"  # expectation over transformations inside PGD
     crop_padding: int = 2  # 4 is the CIFAR (32 px) setting; 2 suits 28 px images
     forward_chunk: int = 128  # features computed in chunks (eval-mode BN: same result, better cache use)
-    device: str = "auto"
-    bf16: bool = False
-    channels_last: bool = True
     # DDP: each batch split over this many shards (unlearnable.sharding; torchrun sets it to the
     # world size, and one process with the same value reproduces a 2-rank run bit for bit); 1: plain run.
     shards: int = 1
 
     def validate(self):
-        check_eps(self.eps)
-        check_positive("mi-ue", self, ("epochs", "batch_size", "pgd_steps", "forward_chunk", "shards"))
+        self.check_source("mi-ue", ("pgd_steps", "forward_chunk", "shards"))
         if self.source_steps is not None and self.source_steps <= 0:
             raise UnlearnableError(f"mi-ue: source_steps must be positive or None, got {self.source_steps}")
         if self.step_size <= 0 or self.tau <= 0 or self.zeta < 0 or self.lr <= 0:
             raise UnlearnableError("mi-ue: step_size, tau and lr must be positive and zeta non-negative")
         if self.distance_scale not in ("none", "dim"):
             raise UnlearnableError(f"mi-ue: distance_scale must be 'none' or 'dim', got {self.distance_scale!r}")
-        build_augment(self.train_augment, self.crop_padding)
         build_augment(self.pgd_augment, self.crop_padding)
 
     def step_at(self, epoch: int) -> float:

@@ -29,43 +29,33 @@ from ..errors import UnlearnableError
 from ..progress import bar
 from ..runtime import autocast, prepare_model, to_model_input
 from ..train.loops import batches, num_batches
-from .base import Attack, AttackResult, check_eps, check_positive, register_attack
+from .base import Attack, AttackResult, ClassifierSourceConfig, register_attack
 from .gue import PerturbationGenerator, generator_poisons
 from .losses import mi_loss
 from .source import SourceRun
 
 
 @dataclass
-class MIUEGenConfig:
-    model: str = "cnn"  # the source model
-    epochs: int = 10
+class MIUEGenConfig(ClassifierSourceConfig):
     batch_size: int = 128
-    lr: float = 0.1  # source SGD, cosine to lr_min over the epochs
-    momentum: float = 0.9
     weight_decay: float = 1e-4
     lr_min: float = 1e-6
     gen_lr: float = 1e-2  # generator Adam (1e-3 was weaker on both validation seeds, docs/mi-ue.md)
     gen_width: int = 16
     gen_levels: int = 2
     label_input: bool = True
-    eps: float = 8 / 255
     tau: float = 0.1
     zeta: float = 0.1
     distance_scale: str = "none"
     train_augment: str = "none"
     crop_padding: int = 2
-    device: str = "auto"
-    bf16: bool = False
-    channels_last: bool = True
 
     def validate(self):
-        check_eps(self.eps)
-        check_positive("mi-ue-g", self, ("epochs", "batch_size", "gen_width", "gen_levels"))
+        self.check_source("mi-ue-g", ("gen_width", "gen_levels"))
         if min(self.lr, self.gen_lr, self.tau) <= 0 or self.zeta < 0:
             raise UnlearnableError("mi-ue-g: lr, gen_lr and tau must be positive and zeta non-negative")
         if self.distance_scale not in ("none", "dim"):
             raise UnlearnableError(f"mi-ue-g: distance_scale must be 'none' or 'dim', got {self.distance_scale!r}")
-        build_augment(self.train_augment, self.crop_padding)
 
 
 @register_attack

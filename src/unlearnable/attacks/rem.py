@@ -28,7 +28,7 @@ import torch
 
 from ..data.augment import build_augment
 from ..errors import UnlearnableError
-from .base import Attack, AttackResult, check_eps, check_positive, register_attack
+from .base import Attack, AttackResult, ClassifierSourceConfig, register_attack
 from .pgd import pgd, project
 from .source import run_min_min
 
@@ -36,15 +36,9 @@ INNER = ("pgd", "random")
 
 
 @dataclass
-class REMConfig:
-    model: str = "cnn"
+class REMConfig(ClassifierSourceConfig):
     epochs: int = 5  # rounds
     train_steps: int = 10  # source-model batches per round
-    batch_size: int = 256
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    eps: float = 8 / 255
     pgd_steps: int = 5
     step_size: float = 2 / 255
     adv_eps: float | None = None  # None: eps / 2
@@ -53,17 +47,11 @@ class REMConfig:
     inner: str = "pgd"  # "pgd": worst-case rho (REM); "random": uniform rho (SEM)
     eot_samples: int = 2
     eot_augment: str = "crop-flip"
-    train_augment: str = "crop-flip"
     stop_acc: float | None = None  # stop once the source model fits the poisoned data this well
     init: str = "uniform"
-    crop_padding: int = 4
-    device: str = "auto"
-    bf16: bool = False
-    channels_last: bool = True
 
     def validate(self):
-        check_eps(self.eps)
-        check_positive(type(self).__name__, self, ("epochs", "train_steps", "batch_size", "pgd_steps", "eot_samples"))
+        self.check_source(type(self).__name__, ("train_steps", "pgd_steps", "eot_samples"))
         if self.adv_steps < 0:
             raise UnlearnableError(f"adv_steps must be non-negative, got {self.adv_steps}")
         if self.step_size <= 0 or self.lr <= 0:
@@ -79,7 +67,6 @@ class REMConfig:
         if self.stop_acc is not None and not (0 < self.stop_acc <= 1):
             raise UnlearnableError(f"stop_acc must be in (0, 1], got {self.stop_acc}")
         build_augment(self.eot_augment, self.crop_padding)
-        build_augment(self.train_augment, self.crop_padding)
 
     @property
     def radius(self) -> float:

@@ -49,7 +49,7 @@ from ..progress import bar
 from ..runtime import make_generator, prepare_model, resolve_device, seed_everything
 from ..train.loops import TensorData, batches, num_batches
 from ..train.simclr import SimCLRNet, contrastive_loss, simclr_steps
-from .base import Attack, AttackResult, check_eps, check_positive, register_attack, rng_state, set_rng_state
+from .base import Attack, AttackResult, SourceConfig, register_attack, rng_state, set_rng_state
 from .pgd import pgd
 from .source import RunRecord
 
@@ -73,14 +73,12 @@ def class_separability(delta: torch.Tensor, y: torch.Tensor, num_classes: int, t
 
 
 @dataclass
-class TUEConfig:
-    model: str = "cnn"
+class TUEConfig(SourceConfig):
     epochs: int = 5  # rounds: train_steps backbone batches, then one pass over the poisons
     train_steps: int = 10
     batch_size: int = 512
     lr: float = 1e-3  # Adam, for the SimCLR backbone
     weight_decay: float = 1e-6
-    eps: float = 8 / 255
     pgd_steps: int = 5
     step_size: float = 1.6 / 255
     temperature: float = 0.5
@@ -90,13 +88,9 @@ class TUEConfig:
     init: str = "uniform"  # "uniform" in [-eps, eps] (TUE's random start) or "zero"
     crop_scale_min: float | None = None  # contrastive augmentation; None: by image size
     strength: float | None = None
-    device: str = "auto"
-    bf16: bool = False
-    channels_last: bool = True
 
     def validate(self):
-        check_eps(self.eps)
-        check_positive("tue", self, ("epochs", "train_steps", "batch_size", "pgd_steps", "proj_dim"))
+        self.check_source("tue", ("train_steps", "pgd_steps", "proj_dim"))
         if self.batch_size < 2:
             raise UnlearnableError("tue: batch_size must be at least 2 (negatives come from the batch)")
         if self.step_size <= 0 or self.lr <= 0 or self.temperature <= 0:
