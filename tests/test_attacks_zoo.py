@@ -70,6 +70,21 @@ def test_registry_presets_and_docs():
         get_attack("rem")(inner="gradient")
 
 
+def test_source_model_attacks_share_their_checks():
+    from unlearnable.attacks.base import ClassifierSourceConfig, SourceConfig, get_attack
+    shared = [n for n in attack_names() if issubclass(get_attack(n).Config, SourceConfig)]
+    assert {"mi-ue", "mi-ue-g", "em", "ap", "entf", "bait", "gue", "tue"} <= set(shared)
+    for name in shared:
+        cls = get_attack(name)
+        with pytest.raises(UnlearnableError, match="batch_size must be positive"):
+            cls(batch_size=0)
+        if issubclass(cls.Config, ClassifierSourceConfig):
+            with pytest.raises(UnlearnableError, match=r"^[\w-]+: crop_padding must be non-negative"):
+                cls(crop_padding=-1)
+            with pytest.raises(UnlearnableError, match=r"^[\w-]+: train_augment: unknown augmentation"):
+                cls(train_augment="blur")
+
+
 def test_a_none_override_resets_an_optional_setting_and_is_refused_elsewhere():
     em = get_attack("em")
     preset = dataclasses.replace(em.presets["cpu"], stop_acc=0.5)

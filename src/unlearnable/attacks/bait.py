@@ -129,12 +129,6 @@ class BAITConfig(ClassifierSourceConfig):
     init: str = "zero"  # "zero" (the release) or "uniform" in [-eps, eps]
 
     def validate(self):
-        if self.crop_padding < 0:  # before check_source, whose augmentation check is plainer
-            raise UnlearnableError(f"bait: crop_padding must be non-negative, got {self.crop_padding}")
-        try:
-            build_augment(self.train_augment, self.crop_padding)
-        except UnlearnableError as e:
-            raise UnlearnableError(f"bait: train_augment: {e}") from None
         self.check_source("bait", ("train_steps", "pgd_steps"))
         for k in ("step_size", "lr"):
             if getattr(self, k) <= 0:

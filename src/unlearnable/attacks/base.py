@@ -151,7 +151,12 @@ class ClassifierSourceConfig(SourceConfig):
 
     def check_source(self, owner: str, positive=()) -> None:
         super().check_source(owner, positive)
-        build_augment(self.train_augment, self.crop_padding)  # a one-line error for an unknown name
+        if self.crop_padding < 0:
+            raise UnlearnableError(f"{owner}: crop_padding must be non-negative, got {self.crop_padding}")
+        try:
+            build_augment(self.train_augment, self.crop_padding)
+        except UnlearnableError as e:
+            raise UnlearnableError(f"{owner}: train_augment: {e}") from None
 
 
 class Checkpoint:
