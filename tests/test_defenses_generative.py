@@ -12,7 +12,7 @@ import torch
 
 from unlearnable.data import ImageDataset
 from unlearnable.defenses import parse_defenses
-from unlearnable.defenses._generative import Diffusion, TinyUNet, load_denoiser, resolve_clean
+from unlearnable.defenses._denoiser import Diffusion, TinyUNet, load_denoiser, resolve_clean
 from unlearnable.defenses.ava import AVA, AVAConfig
 from unlearnable.defenses.dvae import DVAE, DisentangleVAE, DVAEConfig, train_dvae
 from unlearnable.defenses.le import LE, LEConfig

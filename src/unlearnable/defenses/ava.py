@@ -17,7 +17,7 @@ No pretrained weights can be downloaded here, so the denoiser is either
   Fashion-MNIST the default is the training-split images that were not protected),
   only on the steps 1..t* the purifier visits, see :class:`DenoiserConfig`; or
 * loaded from a user checkpoint (``ckpt=FILE.safetensors``, written by this module's
-  ``cache=`` option or :func:`unlearnable.defenses._generative.train_denoiser`).
+  ``cache=`` option or :func:`unlearnable.defenses._denoiser.train_denoiser`).
 
 Purification: x_t* = sqrt(ab) x + sqrt(1 - ab) noise, then ``steps`` reverse steps
 (generalised DDIM with eta = 1, i.e. ancestral DDPM sampling on a strided schedule;
@@ -35,8 +35,8 @@ import torch
 from ..data import ImageDataset
 from ..errors import UnlearnableError
 from ..runtime import make_generator, resolve_device
-from ._generative import (DenoiserConfig, Diffusion, build_config, check_config, check_images, config_keys,
-                          denoiser_for, describe_spec, map_batches, parse_options)
+from ._denoiser import DenoiserConfig, Diffusion, denoiser_for
+from ._generative import build_config, check_config, check_images, config_keys, describe_spec, map_batches, parse_options
 from .base import Defense, register_defense
 
 

@@ -38,7 +38,8 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UnlearnableError
-from ._generative import DenoiserConfig, Diffusion, check_config
+from ._denoiser import DenoiserConfig, Diffusion
+from ._generative import check_config
 from .ava import AVA, diffusion_purify
 from .base import register_defense
 
