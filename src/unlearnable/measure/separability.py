@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import UnlearnableError
-from .estimators import _torch_threads
+from .estimators.base import _torch_threads
 
 
 def linear_train_accuracy(x: np.ndarray, labels: np.ndarray, *, steps: int = 200, l2: float = 0.0,
