@@ -16,6 +16,9 @@ unchanged. Both writer and reader check this.
 recovered from the PNGs and the perturbation. Perturbations are rounded to the nearest
 uint8 level (never truncated) and the budget is checked on those integers before
 anything is written; the directory appears only when complete.
+
+One module on purpose (about 420 lines): the writer, the reader and the manifest checks
+are the two sides of one format, and keeping them together keeps them from drifting.
 """
 
 from __future__ import annotations

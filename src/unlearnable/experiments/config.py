@@ -35,6 +35,10 @@ budgets can be written in the paper's units. Names are checked against the regis
 and against the names this project knows from the paper: a known name that is not
 registered in this installation (e.g. a model another part of the project has not added
 yet) makes its cells *unavailable* (reported, never faked); an unknown name is an error.
+
+One module on purpose (about 540 lines): it is the schema of one file, validated in one
+pass by one checker that names the place of every problem; the spec dataclasses and
+their parsers would have to import each other if split.
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ Tables (written when the run has the cells they need):
 - table21  linear separability of noise and poisoned data, with Spearman against acc gap
 - table_ratio  accuracy against the poisoned fraction
 - cells.csv    every victim cell, flat
+
+One module on purpose (about 420 lines): one short function per table, all reading the
+same records through the same seed aggregation (:class:`Table`), so a reader checks one
+aggregation rule for every table.
 """
 
 from __future__ import annotations
