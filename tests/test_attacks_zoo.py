@@ -85,6 +85,14 @@ def test_source_model_attacks_share_their_checks():
                 cls(train_augment="blur")
 
 
+def test_variants_inherit_their_parents_presets():
+    for variant, parent, differs in (("ap-untargeted", "ap", {"targeted": False}), ("em-class", "em", {"mode": "class"})):
+        v, p = get_attack(variant).presets, get_attack(parent).presets
+        assert set(v) == set(p)
+        for name in p:
+            assert dataclasses.asdict(v[name]) == {**dataclasses.asdict(p[name]), **differs}
+
+
 def test_a_none_override_resets_an_optional_setting_and_is_refused_elsewhere():
     em = get_attack("em")
     preset = dataclasses.replace(em.presets["cpu"], stop_acc=0.5)

@@ -26,7 +26,7 @@ import torch
 
 from ..data.augment import build_augment
 from ..errors import UnlearnableError
-from .base import Attack, AttackResult, ClassifierSourceConfig, register_attack
+from .base import Attack, AttackResult, ClassifierSourceConfig, inherit_presets, register_attack
 from .pgd import pgd
 from .source import SourceRun, train_then_craft
 
@@ -100,7 +100,4 @@ class APUntargeted(AP):
 
     name = "ap-untargeted"
     Config = APUntargetedConfig
-    presets = {
-        "cpu": APUntargetedConfig(crop_padding=2),  # 28 px embedded data (as mi-ue's cpu preset)
-        "paper-cifar10": APUntargetedConfig(model="resnet-18", epochs=40, batch_size=128, pgd_steps=250),
-    }
+    presets = inherit_presets(AP, APUntargetedConfig)

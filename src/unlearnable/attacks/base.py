@@ -87,6 +87,16 @@ class Attack:
         return None
 
 
+def inherit_presets(parent: type[Attack], config_cls) -> dict:
+    """A variant's presets from its parent's: each preset's departures from the parent's
+    defaults, applied to the variant's own defaults (so ``ap-untargeted`` is ``ap``'s
+    preset with ``targeted=False``, and a change to a parent preset reaches its variants)."""
+    base = parent.Config()
+    return {name: config_cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+                                if getattr(cfg, f.name) != getattr(base, f.name)})
+            for name, cfg in parent.presets.items()}
+
+
 def with_overrides(owner: str, config, overrides: dict, *, skip_none: bool = False):
     """A copy of the dataclass ``config`` with ``overrides`` applied; an unknown name is a
     one-line error.

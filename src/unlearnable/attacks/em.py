@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UnlearnableError
-from .base import Attack, AttackResult, ClassifierSourceConfig, register_attack
+from .base import Attack, AttackResult, ClassifierSourceConfig, inherit_presets, register_attack
 from .pgd import pgd
 from .source import run_min_min
 
@@ -96,8 +96,4 @@ class EMClass(EM):
 
     name = "em-class"
     Config = EMClassConfig
-    presets = {
-        "cpu": EMClassConfig(crop_padding=2),  # 28 px embedded data (as mi-ue's cpu preset)
-        "paper-cifar10": EMClassConfig(model="resnet-18", epochs=100, batch_size=512, pgd_steps=20,
-                                       step_size=0.8 / 255),
-    }
+    presets = inherit_presets(EM, EMClassConfig)
