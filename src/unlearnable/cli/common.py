@@ -39,11 +39,14 @@ def ratio(text: str) -> float:
     return v
 
 
-def positive_number(text: str) -> float:
-    v = number(text)
-    if v <= 0:
+def _positive(value, text: str):
+    if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text}")
-    return v
+    return value
+
+
+def positive_number(text: str) -> float:
+    return _positive(number(text), text)
 
 
 def fraction(text: str) -> float:
@@ -62,9 +65,14 @@ def _integer(text: str) -> int:
 
 
 def positive_int(text: str) -> int:
+    return _positive(_integer(text), text)
+
+
+def port(text: str) -> int:
+    """A TCP port, 0 meaning any free one."""
     v = _integer(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0..65535 (0: any free port), got {text}")
     return v
 
 

@@ -2,19 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-
-from .common import positive_int
-
-
-def port(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text}") from None
-    if not 0 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"must be 0..65535 (0: any free port), got {text}")
-    return v
+from .common import port, positive_int
 
 
 def register(sub) -> None:

@@ -8,6 +8,7 @@ in a worker process (:mod:`.worker`).
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import secrets
@@ -46,7 +47,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise UnlearnableError(f"cannot listen on {host}:{port}: {e.strerror or e}"
                                + (" (another program uses that port; choose another `port`, or 0 for any free one)"
-                                  if e.errno == 98 else "")) from None
+                                  if e.errno == errno.EADDRINUSE else "")) from None
     sock.listen(64)
     return sock
 

@@ -109,6 +109,7 @@ class Jobs:
         self.root.mkdir(parents=True, exist_ok=True)
         self.options = options or Options()
         self._procs: dict[tuple[str, str], subprocess.Popen] = {}
+        self._inboxes: dict[str, Inbox] = {}  # only the server writes to a job's input folder
 
     # -- jobs -------------------------------------------------------------------------
     def create(self, folder: str | None = None) -> Job:
@@ -159,12 +160,15 @@ class Jobs:
             raise UnlearnableError("this job protects a folder on this machine; it takes no uploads")
         if self.state(job, "protect") in ACTIVE:
             raise Busy("images cannot be added while the job runs")
-        return Inbox(job.input_dir, self.options.limits)
+        if job.id not in self._inboxes:  # counted once: a walk of the folder per upload would add up
+            self._inboxes[job.id] = Inbox(job.input_dir, self.options.limits)
+        return self._inboxes[job.id]
 
     # -- tasks ------------------------------------------------------------------------
-    def state(self, job: Job, task: str) -> str:
-        """The task's state; a task recorded as running whose worker is gone is "interrupted"."""
-        st = job.status(task)
+    def state(self, job: Job, task: str, status: dict | None = None) -> str:
+        """The task's state (from ``status`` when already read); a task recorded as running
+        whose worker is gone is "interrupted"."""
+        st = status if status is not None else job.status(task)
         state = st.get("state", "new")
         if state in ACTIVE:
             proc = self._procs.get((job.id, task))
@@ -264,7 +268,7 @@ class Jobs:
     def progress(self, job: Job, task: str) -> dict:
         """The task's status for the page: state, fraction done, seconds left (when known)."""
         st = job.status(task)
-        state = self.state(job, task)
+        state = self.state(job, task, st)
         out = {"state": state, "error": st.get("error")}
         done, total = st.get("done"), st.get("total")
         if state == "done":

@@ -112,7 +112,13 @@ class Inbox:
         self.count = len(files)
         self.bytes = sum(p.stat().st_size for p in files)
 
-    def _room(self, size: int, replacing: int = 0) -> None:
+    def check_room(self, size: int, replacing: int = 0, *, whole_zip: bool = False) -> None:
+        """Refuse ``size`` bytes (replacing a file of ``replacing`` bytes) over the limits; a
+        zip as a whole is held to the job's total only (its entries, one by one, to both)."""
+        if whole_zip:
+            if self.bytes + size > self.limits.job_bytes:
+                raise Refused(f"larger than the job's limit of {_mib(self.limits.job_bytes)}")
+            return
         if size > self.limits.file_bytes:
             raise Refused(f"larger than the limit of {_mib(self.limits.file_bytes)} per file")
         if self.bytes - replacing + size > self.limits.job_bytes:
@@ -131,7 +137,7 @@ class Inbox:
         connection) leaves nothing behind."""
         return Upload(self, name)
 
-    def _place(self, tmp: Path, dest: Path, size: int) -> None:
+    def place(self, tmp: Path, dest: Path, size: int) -> None:
         """Check that the complete file at ``tmp`` decodes as an image, then move it to ``dest``."""
         if size == 0:
             raise Refused("the file is empty")
@@ -155,7 +161,7 @@ class Inbox:
         os.close(fd)
         return Path(tmp)
 
-    def _unzip(self, name: str, path: Path) -> Received:
+    def unzip(self, name: str, path: Path) -> Received:
         out = Received()
         try:
             archive = zipfile.ZipFile(path)
@@ -187,9 +193,9 @@ class Inbox:
                     size = 0
                     for chunk in iter(lambda: src.read(CHUNK), b""):
                         size += len(chunk)  # counted as it inflates: the header's size is not trusted
-                        self._room(size)
+                        self.check_room(size)
                         f.write(chunk)
-                self._place(tmp, dest, size)
+                self.place(tmp, dest, size)
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
@@ -210,10 +216,14 @@ class Upload:
         self.refused: str | None = None
         self.tmp: Path | None = None
         self._file = None
+        self.replacing = 0  # the size of the file this one replaces, counted once
         try:
             check_part(name)
             if name.startswith("."):
                 raise Refused("hidden files are not taken")
+            dest = inbox.root / name
+            if not self.zip and dest.is_file():
+                self.replacing = dest.stat().st_size
             self.tmp = inbox.temp(inbox.root)
             self._file = open(self.tmp, "wb")
         except Refused as e:
@@ -230,12 +240,7 @@ class Upload:
             return
         self.size += len(chunk)
         try:
-            if self.zip:  # a zip is limited by the job's total; its entries by the per-file limit
-                if self.inbox.bytes + self.size > self.inbox.limits.job_bytes:
-                    raise Refused(f"larger than the job's limit of {_mib(self.inbox.limits.job_bytes)}")
-            else:
-                old = (self.inbox.root / self.name)
-                self.inbox._room(self.size, replacing=old.stat().st_size if old.is_file() else 0)
+            self.inbox.check_room(self.size, self.replacing, whole_zip=self.zip)
         except Refused as e:
             self.refused = str(e)
             self.discard()
@@ -249,8 +254,8 @@ class Upload:
                 raise Refused(self.refused)
             self._file.close()
             if self.zip:
-                return self.inbox._unzip(self.name, self.tmp)
-            self.inbox._place(self.tmp, self.inbox.root / self.name, self.size)
+                return self.inbox.unzip(self.name, self.tmp)
+            self.inbox.place(self.tmp, self.inbox.root / self.name, self.size)
             return Received(added=[self.name])
         except Refused as e:
             return Received(refused=[{"name": self.name, "reason": str(e)}])

@@ -51,9 +51,8 @@ class Status:
 
 def run_protect(job: Job, status: Status) -> dict:
     from ..protect import protect_folder
-    opts = dict(job.spec["protect"])
-    result = protect_folder(job.input_dir, job.output_dir, on_progress=status.progress, **opts)
-    return result.to_dict()
+    return protect_folder(job.input_dir, job.output_dir, on_progress=status.progress,
+                          **job.spec["protect"]).to_dict()
 
 
 def run_verify(job: Job, status: Status) -> dict:
