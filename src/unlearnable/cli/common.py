@@ -27,22 +27,23 @@ def eps_255(text: str) -> float:
         eps = parse_budget(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-    if not 0 < eps * 255 <= 255:
-        raise argparse.ArgumentTypeError(f"must be in (0, 255] (1/255 units), got {text}")
-    return eps
+    return _checked(eps, 0 < eps * 255 <= 255, f"must be in (0, 255] (1/255 units), got {text}")
+
+
+def _checked(value, ok: bool, problem: str):
+    """``value`` when ``ok``; otherwise argparse's one-line error saying ``problem``."""
+    if not ok:
+        raise argparse.ArgumentTypeError(problem)
+    return value
 
 
 def ratio(text: str) -> float:
     v = number(text)
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1]: {text}")
-    return v
+    return _checked(v, 0 < v <= 1, f"must be in (0, 1]: {text}")
 
 
 def _positive(value, text: str):
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text}")
-    return value
+    return _checked(value, value > 0, f"must be positive: {text}")
 
 
 def positive_number(text: str) -> float:
@@ -52,9 +53,7 @@ def positive_number(text: str) -> float:
 def fraction(text: str) -> float:
     """A proportion such as an accuracy, 0..1."""
     v = number(text)
-    if not 0 <= v <= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1]: {text}")
-    return v
+    return _checked(v, 0 <= v <= 1, f"must be in [0, 1]: {text}")
 
 
 def _integer(text: str) -> int:
@@ -71,16 +70,12 @@ def positive_int(text: str) -> int:
 def port(text: str) -> int:
     """A TCP port, 0 meaning any free one."""
     v = _integer(text)
-    if not 0 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"must be 0..65535 (0: any free port), got {text}")
-    return v
+    return _checked(v, 0 <= v <= 65535, f"must be 0..65535 (0: any free port), got {text}")
 
 
 def seed(text: str) -> int:
     v = _integer(text)
-    if not 0 <= v < 2**63:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer below 2^63, got {text}")
-    return v
+    return _checked(v, 0 <= v < 2**63, f"must be a non-negative integer below 2^63, got {text}")
 
 
 # -- the parser --------------------------------------------------------------------------
