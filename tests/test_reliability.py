@@ -581,3 +581,19 @@ def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, capsys, 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and f"no permission to write in {ro}" in err[0], err
     assert not list(ro.iterdir())
+
+
+def test_one_fraction_parser_for_flags_and_configs():
+    """units.fraction is the one reading of "a/b": budgets on the command line and
+    fractions in a run config agree, and malformed fractions are refused, never guessed."""
+    from unlearnable.experiments.config import fractions
+    from unlearnable.units import fraction, parse_budget
+
+    assert fraction("8/255") == parse_budget("8/255") == parse_budget("8") == 8 / 255
+    assert fraction(" 1 / 32 ") == 1 / 32 and fraction("crop/flip") is None and fraction("8") is None
+    assert fractions({"eps": "8/255", "aug": ["crop/flip", "1/4"]}) == {"eps": 8 / 255, "aug": ["crop/flip", 0.25]}
+    for bad in ("8/0", "x/255", "8/inf", "8/255/2"):
+        with pytest.raises(ValueError):
+            parse_budget(bad)
+    with pytest.raises(ValueError, match="division by zero"):
+        fraction("1/0")
