@@ -52,6 +52,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import UnlearnableError
+from ..units import fraction
 
 #: Names from the paper (and the project's issues): valid in a spec even when not registered here.
 KNOWN_ATTACKS = ("random", "em", "em-class", "ap", "ap-untargeted", "ntga", "ar", "rem", "sem", "gue", "tue",
@@ -67,7 +68,6 @@ ESTIMATOR_NAMES = ("hist", "hist-mm", "kde", "ksg", "mine")
 DEPTH_ORDER = ("linear", "2-nn", "3-nn", "lenet-5", "cnn-small", "cnn", "vgg-11", "resnet-18", "resnet-34",
                "resnet-50", "resnet-101", "resnet-152", "densenet-121", "wrn-34-10", "vit-b", "vit-l", "vit-h")
 
-_FRACTION = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+)\s*/\s*([0-9]*\.?[0-9]+)\s*$")
 
 
 @dataclass(frozen=True)
@@ -223,13 +223,11 @@ def _suggest(name: str, choices) -> str:
 def fractions(value):
     """Turn ``"a/b"`` strings (at any depth) into floats; leave everything else as it is."""
     if isinstance(value, str):
-        m = _FRACTION.match(value)
-        if m:
-            den = float(m.group(2))
-            if den == 0:
-                raise UnlearnableError(f"division by zero in {value!r}")
-            return float(m.group(1)) / den
-        return value
+        try:
+            number = fraction(value)
+        except ValueError as e:
+            raise UnlearnableError(str(e)) from None
+        return value if number is None else number
     if isinstance(value, dict):
         return {k: fractions(v) for k, v in value.items()}
     if isinstance(value, list):
