@@ -13,8 +13,8 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 #: Modules every layer may use.
-BASE = {"unlearnable", "unlearnable.errors", "unlearnable.fsutil", "unlearnable.progress", "unlearnable.runtime",
-        "unlearnable.sharding", "unlearnable.units"}
+BASE = {"unlearnable", "unlearnable.errors", "unlearnable.fsutil", "unlearnable.options", "unlearnable.progress",
+        "unlearnable.runtime", "unlearnable.sharding", "unlearnable.units"}
 #: The library's packages; each may use BASE and the packages listed for it.
 LIBRARY = {
     "data": set(),

@@ -45,12 +45,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..attacks.base import check_eps, with_overrides
+from ..attacks.base import check_eps
 from ..attacks.mi_ue import MIUEConfig, mi_pgd, min_min_epoch
 from ..attacks.source import RUNTIME_KEYS, SourceRun
 from ..data.augment import build_augment
 from ..data.dataset import ImageDataset
 from ..errors import UnlearnableError
+from ..options import with_overrides
 
 STRENGTHS = {
     "low": {"eps": 4 / 255, "steps": 5, "epochs": 5},
