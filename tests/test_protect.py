@@ -343,3 +343,20 @@ def test_progress_callback_counts_this_runs_images(tmp_path, reference):
     protect_folder(src, tmp_path / "o", reference=reference, single_class=True,
                    on_progress=lambda d, t: calls.append((d, t)), **{**TINY, "unit_size": 2})
     assert calls[0] == (0.0, 1) and calls[-1] == (1, 1)  # only what this run protects is counted
+
+
+def test_not_given_keeps_the_preset_and_none_is_a_value():
+    """NOT_GIVEN (the default of every override) keeps the strength's value; None is a
+    value, refused with its name where a setting cannot be None; the same rule for attacks."""
+    from unlearnable.attacks import get_attack
+    from unlearnable.options import NOT_GIVEN, given
+
+    assert make_config("high", eps=NOT_GIVEN, steps=NOT_GIVEN).eps == 12 / 255
+    assert make_config("high", eps=4 / 255).eps == 4 / 255
+    with pytest.raises(UnlearnableError, match="eps cannot be None"):
+        make_config("mid", eps=None)
+    assert given({"a": NOT_GIVEN, "b": None, "c": 0}) == {"b": None, "c": 0}
+    assert not NOT_GIVEN and repr(NOT_GIVEN) == "NOT_GIVEN"
+    em = get_attack("em")
+    assert em.from_preset("cpu", stop_acc=0.5).config.stop_acc == 0.5
+    assert em.from_preset("cpu", stop_acc=None, epochs=NOT_GIVEN).config.epochs == em.presets["cpu"].epochs

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
+from ..options import NOT_GIVEN
 from ..protect.engine import STRENGTHS
 from ..protect.images import FORMATS
 from .common import eps_255, positive_int, ratio, seed
@@ -44,7 +45,9 @@ def register(sub) -> None:
     p.add_argument("--force-lossy", action="store_true", help="allow a lossy --format (weakens the protection)")
     p.add_argument("--skip-bad", action="store_true", help="exit 0 even when some files were skipped")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line instead of text")
-    p.set_defaults(func=cmd_protect)
+    # the preset's overrides: a flag left out is NOT_GIVEN (the strength's value), not None
+    p.set_defaults(func=cmd_protect, **{k: NOT_GIVEN for k in ("reference_per_class", "eps", "steps", "epochs",
+                                                                "unit_size", "working_size", "model")})
 
     v = sub.add_parser("verify", help="train quick victims on original vs protected images and report the gap",
                        description="Check a protected folder: victims trained on the original and on the "

@@ -111,11 +111,11 @@ class ProtectConfig:
 
 
 def make_config(strength: str = "mid", **overrides) -> ProtectConfig:
-    """A strength preset with ``overrides`` (None values ignored), validated."""
+    """A strength preset with ``overrides`` (those at ``NOT_GIVEN`` keep the preset's), validated."""
     if strength not in STRENGTHS:
         raise UnlearnableError(f"unknown strength {strength!r}; choose from {', '.join(STRENGTHS)}")
     base = ProtectConfig(strength=strength, **STRENGTHS[strength])
-    return with_overrides("protect", base, overrides, skip_none=True).validate()
+    return with_overrides("protect", base, overrides).validate()
 
 
 @dataclass

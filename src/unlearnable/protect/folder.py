@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import UnlearnableError, check_seed
 from ..fsutil import atomic_path
+from ..options import NOT_GIVEN
 from ..progress import Reported, bar, log
 from .engine import Unit, make_config, optimise_unit
 from .images import FORMATS, UnreadableImage, compose, load_image, save_image
@@ -75,16 +76,17 @@ def warn(msg: str) -> None:
 
 
 def protect_folder(in_dir, out_dir, *, strength: str = "mid", single_class: bool = False,
-                   reference: str = "fashion-mnist", seed: int = 0, eps: float | None = None,
-                   steps: int | None = None, epochs: int | None = None, unit_size: int | None = None,
-                   working_size: int | None = None, reference_per_class: int | None = None,
-                   model: str | None = None, device: str = "auto", bf16: bool = False, channels_last: bool = True,
+                   reference: str = "fashion-mnist", seed: int = 0, eps: float = NOT_GIVEN,
+                   steps: int = NOT_GIVEN, epochs: int = NOT_GIVEN, unit_size: int = NOT_GIVEN,
+                   working_size: int = NOT_GIVEN, reference_per_class: int = NOT_GIVEN,
+                   model: str = NOT_GIVEN, device: str = "auto", bf16: bool = False, channels_last: bool = True,
                    fmt: str = "png", force_lossy: bool = False, on_progress=None) -> ProtectResult:
     """Protect every image under ``in_dir`` into ``out_dir`` (see docs/protect.md).
 
     ``strength`` picks a preset (low, mid, high: budget, PGD steps, epochs); ``eps`` (pixel
     units, 8/255 = 0.0314), ``steps``, ``epochs``, ``unit_size`` (images per unit),
-    ``working_size``, ``reference_per_class`` and ``model`` override it. Labels come from
+    ``working_size``, ``reference_per_class`` and ``model`` override it (left out: the
+    preset's value). Labels come from
     the top-level sub-folders unless ``single_class``. ``reference`` is a data spec for
     the other classes. ``fmt`` png (default) or tiff are lossless; jpeg and webp are lossy
     and refused unless ``force_lossy``. Returns a :class:`ProtectResult`; unreadable and
