@@ -15,6 +15,7 @@ list into instances, with one-line errors for unknown names and bad arguments.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 from ..errors import UnlearnableError
@@ -31,16 +32,45 @@ def defense_names() -> list[str]:
     return sorted(_DEFENSES)
 
 
+@dataclass(frozen=True)
+class SpecArg:
+    """The one number a defense's spec may carry (``jpeg:10``): the constructor keyword it
+    sets, its type and closed range (``positive``: zero refused too), and whether the spec
+    names it always (``jpeg:10``) or only where it departs from the default (``mixup``)."""
+    keyword: str
+    cast: type = float
+    lo: float | None = None
+    hi: float | None = None
+    positive: bool = False
+    always: bool = True
+
+    def parse(self, name: str, text: str):
+        try:
+            value = self.cast(text)
+        except ValueError:
+            raise UnlearnableError(f"defense {name!r}: argument must be "
+                                   f"{'an integer' if self.cast is int else 'a number'}, got {text!r}") from None
+        if value != value or (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
+            raise UnlearnableError(f"defense {name!r}: argument must be in [{self.lo}, {self.hi}], got {text}")  # NaN too
+        if self.positive and value <= 0:
+            raise UnlearnableError(f"defense {name!r}: {self.keyword} must be positive, got {text}")
+        return value
+
+
 class Defense:
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "data"  # "data" or "batch"
+    #: the number ``name:ARG`` sets (None: the spec takes no argument)
+    arg: ClassVar[SpecArg | None] = None
 
     @classmethod
     def from_arg(cls, arg: str | None) -> "Defense":
-        """Build from the text after ``name:`` in a spec (None when absent)."""
-        if arg is not None:
+        """Build from the text after ``name:`` in a spec (None when absent: the defaults)."""
+        if arg is None:
+            return cls()
+        if cls.arg is None:
             raise UnlearnableError(f"defense {cls.name!r} takes no argument, got {arg!r}")
-        return cls()
+        return cls(**{cls.arg.keyword: cls.arg.parse(cls.name, arg)})
 
     def apply(self, train, *, seed: int = 0, device=None):
         raise NotImplementedError
@@ -49,7 +79,13 @@ class Defense:
         raise NotImplementedError
 
     def describe(self) -> str:
-        return self.name
+        """The canonical spec of this instance (what results and configs record)."""
+        if self.arg is None:
+            return self.name
+        value = getattr(self, self.arg.keyword)
+        if value is None or (not self.arg.always and value == getattr(type(self)(), self.arg.keyword)):
+            return self.name
+        return f"{self.name}:{value:g}"
 
 
 def parse_defenses(spec: str | None) -> list[Defense]:

@@ -29,9 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.dataset import ImageDataset
-from ..errors import UnlearnableError
-from ..train.mixing import number_arg
-from .base import Defense, register_defense
+from .base import Defense, SpecArg, register_defense
 
 _CHUNK = 4096  # images per device chunk: bounds memory for 60,000-image sets
 
@@ -74,57 +72,36 @@ def gaussian_blur(images: np.ndarray, sigma: float, device=None) -> np.ndarray:
 @register_defense
 class BitDepthReduction(Defense):
     name, kind = "bdr", "data"
+    arg = SpecArg("bits", int, 1, 8)
 
     def __init__(self, bits: int = 2):
         self.bits = bits
 
-    @classmethod
-    def from_arg(cls, arg):
-        return cls(number_arg(cls.name, arg, 2, int, 1, 8))
-
     def apply(self, train: ImageDataset, *, seed: int = 0, device=None) -> ImageDataset:
         return _replace_images(train, reduce_bit_depth(train.images, self.bits))
-
-    def describe(self):
-        return f"bdr:{self.bits}"
 
 
 @register_defense
 class GaussianBlur(Defense):
     name, kind = "blur", "data"
+    arg = SpecArg("sigma", float, 0.0, 64.0, positive=True)
 
     def __init__(self, sigma: float = 0.1):
         self.sigma = sigma
 
-    @classmethod
-    def from_arg(cls, arg):
-        sigma = number_arg(cls.name, arg, 0.1, float, 0.0, 64.0)
-        if sigma <= 0:
-            raise UnlearnableError(f"defense 'blur': sigma must be positive, got {arg}")
-        return cls(sigma)
-
     def apply(self, train: ImageDataset, *, seed: int = 0, device=None) -> ImageDataset:
         return _replace_images(train, gaussian_blur(train.images, self.sigma, device))
-
-    def describe(self):
-        return f"blur:{self.sigma:g}"
 
 
 @register_defense
 class RandomNoise(Defense):
     name, kind = "noise", "batch"
+    arg = SpecArg("std", float, 0.0, 255.0)
 
     def __init__(self, std: float = 8.0):
         self.std = std  # in 1/255 units
-
-    @classmethod
-    def from_arg(cls, arg):
-        return cls(number_arg(cls.name, arg, 8.0, float, 0.0, 255.0))
 
     def batch(self, model, x, y, generator):
         gdev = generator.device if generator is not None else torch.device("cpu")
         z = torch.randn(x.shape, generator=generator, device=gdev).to(x.device, non_blocking=True)
         return (x + z * (self.std / 255.0)).clamp_(0, 1), y
-
-    def describe(self):
-        return f"noise:{self.std:g}"

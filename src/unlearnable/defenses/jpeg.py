@@ -21,8 +21,7 @@ import torch
 from PIL import Image
 
 from ..data.dataset import ImageDataset
-from ..train.mixing import number_arg
-from .base import Defense, register_defense
+from .base import Defense, SpecArg, register_defense
 
 
 def jpeg_round_trip(images: np.ndarray, quality: int, workers: int | None = None) -> np.ndarray:
@@ -51,17 +50,11 @@ def jpeg_round_trip(images: np.ndarray, quality: int, workers: int | None = None
 @register_defense
 class JPEG(Defense):
     name, kind = "jpeg", "data"
+    arg = SpecArg("quality", int, 1, 95)
 
     def __init__(self, quality: int = 10):
         self.quality = quality
 
-    @classmethod
-    def from_arg(cls, arg):
-        return cls(number_arg(cls.name, arg, 10, int, 1, 95))
-
     def apply(self, train: ImageDataset, *, seed: int = 0, device=None) -> ImageDataset:
         return ImageDataset(jpeg_round_trip(train.images, self.quality), train.labels, list(train.class_names),
                             source=train.source, indices=train.indices)
-
-    def describe(self):
-        return f"jpeg:{self.quality}"

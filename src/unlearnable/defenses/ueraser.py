@@ -34,8 +34,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..train.mixing import number_arg, uniform
-from .base import Defense, register_defense
+from ..train.mixing import uniform
+from .base import Defense, SpecArg, register_defense
 
 N_OPS = 14
 IDENTITY, AUTOCONTRAST, EQUALIZE, ROTATE, SOLARIZE, COLOR, POSTERIZE, CONTRAST, BRIGHTNESS, SHARPNESS, \
@@ -181,13 +181,10 @@ class _FrozenBatchNormStats:
 @register_defense
 class UEraser(Defense):
     name, kind = "ueraser", "batch"
+    arg = SpecArg("repeats", int, 1, 64, always=False)
 
     def __init__(self, repeats: int = 5):
         self.repeats = repeats
-
-    @classmethod
-    def from_arg(cls, arg):
-        return cls(number_arg(cls.name, arg, 5, int, 1, 64))
 
     def batch(self, model, x, y, generator):
         copies = [ueraser_augment(x, generator) for _ in range(self.repeats)]
@@ -201,6 +198,3 @@ class UEraser(Defense):
         pick = losses.argmax(0)  # (B,) the worst copy of each sample
         stacked = torch.stack(copies)  # (K, B, C, H, W)
         return stacked[pick, torch.arange(x.shape[0], device=x.device)], y
-
-    def describe(self):
-        return "ueraser" if self.repeats == 5 else f"ueraser:{self.repeats}"

@@ -14,22 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..defenses.base import Defense, register_defense
-from ..errors import UnlearnableError
-
-
-def number_arg(name: str, arg: str | None, default, cast=float, lo=None, hi=None):
-    """Parse the ``name:ARG`` argument of a defense spec; None gives ``default``."""
-    if arg is None:
-        return default
-    try:
-        value = cast(arg)
-    except ValueError:
-        raise UnlearnableError(f"defense {name!r}: argument must be {'an integer' if cast is int else 'a number'}, "
-                               f"got {arg!r}") from None
-    if value != value or (lo is not None and value < lo) or (hi is not None and value > hi):  # NaN: value != value
-        raise UnlearnableError(f"defense {name!r}: argument must be in [{lo}, {hi}], got {arg}")
-    return value
+from ..defenses.base import Defense, SpecArg, register_defense
 
 
 def uniform(shape, generator: torch.Generator | None, device) -> torch.Tensor:
@@ -72,13 +57,10 @@ class Cutout(Defense):
     """
 
     name, kind = "cutout", "batch"
+    arg = SpecArg("size", int, 1, 4096)
 
     def __init__(self, size: int | None = None):
         self.size = size
-
-    @classmethod
-    def from_arg(cls, arg):
-        return cls(number_arg(cls.name, arg, None, int, 1, 4096))
 
     def batch(self, model, x, y, generator):
         b, _, h, w = x.shape
@@ -92,9 +74,6 @@ class Cutout(Defense):
         hole = (in_r[:, :, None] & in_c[:, None, :])[:, None]  # (B, 1, H, W)
         return x.masked_fill(hole, 0.0), y
 
-    def describe(self):
-        return f"cutout:{self.size}" if self.size else "cutout"
-
 
 @register_defense
 class Mixup(Defense):
@@ -105,25 +84,16 @@ class Mixup(Defense):
     """
 
     name, kind = "mixup", "batch"
+    arg = SpecArg("alpha", float, 0.0, 1e3, positive=True, always=False)
 
     def __init__(self, alpha: float = 1.0):
         self.alpha = alpha
-
-    @classmethod
-    def from_arg(cls, arg):
-        alpha = number_arg(cls.name, arg, 1.0, float, 0.0, 1e3)
-        if alpha <= 0:
-            raise UnlearnableError(f"defense 'mixup': alpha must be positive, got {arg}")
-        return cls(alpha)
 
     def batch(self, model, x, y, generator):
         lam = beta(self.alpha, generator)
         perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
         t = soft_targets(model, y)
         return lam * x + (1 - lam) * x[perm], lam * t + (1 - lam) * t[perm]
-
-    def describe(self):
-        return "mixup" if self.alpha == 1.0 else f"mixup:{self.alpha:g}"
 
 
 @register_defense
@@ -138,13 +108,10 @@ class CutMix(Defense):
     """
 
     name, kind = "cutmix", "batch"
+    arg = SpecArg("prob", float, 0.0, 1.0, always=False)
 
     def __init__(self, prob: float = 0.5, alpha: float = 1.0):
         self.prob, self.alpha = prob, alpha
-
-    @classmethod
-    def from_arg(cls, arg):
-        return cls(prob=number_arg(cls.name, arg, 0.5, float, 0.0, 1.0))
 
     def batch(self, model, x, y, generator):
         t = soft_targets(model, y)
@@ -163,6 +130,3 @@ class CutMix(Defense):
         out = x.clone()
         out[:, :, y0:y1, x0:x1] = x[perm][:, :, y0:y1, x0:x1]
         return out, lam * t + (1 - lam) * t[perm]
-
-    def describe(self):
-        return "cutmix" if self.prob == 0.5 else f"cutmix:{self.prob:g}"
