@@ -37,7 +37,7 @@ import torch
 from ..errors import UnlearnableError
 from ..runtime import make_generator, resolve_device
 from ..train.loops import batches
-from .base import Attack, AttackResult, check_eps, register_attack
+from .base import Attack, AttackResult, check_eps, register_attack, unchanged_presets
 from .pgd import project_dataset
 
 
@@ -127,7 +127,7 @@ def spread_ok(p: torch.Tensor, max_ratio: float) -> bool:
 class AR(Attack):
     name = "ar"
     Config = ARConfig
-    presets = {"cpu": ARConfig(), "paper-cifar10": ARConfig()}
+    presets = unchanged_presets(ARConfig)
 
     def generate(self, train, *, seed: int = 0, workdir=None, resume: bool = False) -> AttackResult:
         cfg = self.config

@@ -88,6 +88,12 @@ class Attack:
         return None
 
 
+def unchanged_presets(config_cls) -> dict:
+    """The presets of an attack with nothing to scale down for a CPU: its paper's defaults
+    are its ``cpu`` preset too."""
+    return {"cpu": config_cls(), "paper-cifar10": config_cls()}
+
+
 def inherit_presets(parent: type[Attack], config_cls) -> dict:
     """A variant's presets from its parent's: each preset's departures from the parent's
     defaults, applied to the variant's own defaults (so ``ap-untargeted`` is ``ap``'s

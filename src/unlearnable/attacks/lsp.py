@@ -27,7 +27,7 @@ from ..errors import UnlearnableError
 from ..runtime import make_generator
 from ..train.loops import batches
 from .ar import SCALES, scale_to_budget
-from .base import Attack, AttackResult, check_eps, register_attack
+from .base import Attack, AttackResult, check_eps, register_attack, unchanged_presets
 from .pgd import project_dataset
 
 
@@ -53,7 +53,7 @@ class LSPConfig:
 class LSP(Attack):
     name = "lsp"
     Config = LSPConfig
-    presets = {"cpu": LSPConfig(), "paper-cifar10": LSPConfig()}
+    presets = unchanged_presets(LSPConfig)
 
     def generate(self, train, *, seed: int = 0, workdir=None, resume: bool = False) -> AttackResult:
         cfg = self.config

@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from ..errors import UnlearnableError
 from ..progress import bar
 from ..runtime import make_generator, resolve_device
-from .base import Attack, AttackResult, check_eps, check_positive, register_attack, rng_state, set_rng_state
+from .base import (Attack, AttackResult, check_eps, check_positive, register_attack, rng_state, set_rng_state,
+                   unchanged_presets)
 from .pgd import pgd, project_dataset
 from .source import RunRecord
 
@@ -111,7 +112,7 @@ def block_limit(block_size: int, val_size: int, depth: int, max_mb: float, bytes
 class NTGA(Attack):
     name = "ntga"
     Config = NTGAConfig
-    presets = {"cpu": NTGAConfig(), "paper-cifar10": NTGAConfig()}
+    presets = unchanged_presets(NTGAConfig)
 
     def generate(self, train, *, seed: int = 0, workdir=None, resume: bool = False) -> AttackResult:
         cfg = self.config

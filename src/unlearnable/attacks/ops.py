@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import UnlearnableError
-from .base import Attack, AttackResult, register_attack
+from .base import Attack, AttackResult, register_attack, unchanged_presets
 from .pgd import project_dataset
 
 
@@ -72,7 +72,7 @@ def colour_scores(images: np.ndarray, colours: np.ndarray, objective: str) -> np
 class OPS(Attack):
     name = "ops"
     Config = OPSConfig
-    presets = {"cpu": OPSConfig(), "paper-cifar10": OPSConfig()}
+    presets = unchanged_presets(OPSConfig)
 
     def l0_pixels(self) -> int:
         return int(self.config.pixels)

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..runtime import make_generator
-from .base import Attack, AttackResult, check_eps, register_attack
+from .base import Attack, AttackResult, check_eps, register_attack, unchanged_presets
 from .pgd import project
 
 
@@ -26,7 +26,7 @@ class RandomNoiseConfig:
 class RandomNoise(Attack):
     name = "random"
     Config = RandomNoiseConfig
-    presets = {"cpu": RandomNoiseConfig(), "paper-cifar10": RandomNoiseConfig()}
+    presets = unchanged_presets(RandomNoiseConfig)
 
     def generate(self, train, *, seed: int = 0, workdir=None, resume: bool = False) -> AttackResult:
         gen = make_generator(seed)

@@ -77,6 +77,12 @@ class ImageDataset:
     def image_size(self) -> tuple[int, int]:
         return int(self.images.shape[1]), int(self.images.shape[2])
 
+    def with_images(self, images: np.ndarray, *, source: str | None = None) -> "ImageDataset":
+        """The same examples (labels, class names, positions) with other pixels, e.g. a
+        defense's output; ``source`` names where the new pixels came from."""
+        return ImageDataset(images, self.labels, list(self.class_names),
+                            source=self.source if source is None else source, indices=self.indices)
+
     def take(self, idx: np.ndarray) -> "ImageDataset":
         idx = np.asarray(idx, dtype=np.int64)
         return ImageDataset(self.images[idx], self.labels[idx], list(self.class_names),

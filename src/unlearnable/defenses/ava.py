@@ -141,5 +141,4 @@ class AVA(Defense):
         images = map_batches(train.images, lambda x, rows: self.purify(model, x, gen),
                              self.config.purify_batch, device, desc=f"{self.name} purify")
         self.info = {**info, "seconds": round(time.time() - t0, 2)}
-        return ImageDataset(images, train.labels.copy(), list(train.class_names), source=f"{self.name}:{train.source}",
-                            indices=train.indices)
+        return train.with_images(images, source=f"{self.name}:{train.source}")

@@ -248,8 +248,7 @@ class DVAE(Defense):
             save_checkpoint(self.cache, {"stage1": models[0], "stage2": models[1]}, stamp)
         self.info = {"trained": trained, "cache": self.cache, "seconds": round(time.time() - t0, 2),
                      "history": histories}
-        return ImageDataset(x, train.labels.copy(), list(train.class_names), source=f"dvae:{train.source}",
-                            indices=train.indices)
+        return train.with_images(x, source=f"dvae:{train.source}")
 
     def _load_cached(self, train, stamp, device):
         if not self.cache or not Path(self.cache).is_file():

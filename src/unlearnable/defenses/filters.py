@@ -34,10 +34,6 @@ from .base import Defense, SpecArg, register_defense
 _CHUNK = 4096  # images per device chunk: bounds memory for 60,000-image sets
 
 
-def _replace_images(train: ImageDataset, images: np.ndarray) -> ImageDataset:
-    return ImageDataset(images, train.labels, list(train.class_names), source=train.source, indices=train.indices)
-
-
 def reduce_bit_depth(images: np.ndarray, bits: int) -> np.ndarray:
     """uint8 images with only their top ``bits`` bits kept (the low bits zeroed)."""
     return images & np.uint8((0xFF << (8 - bits)) & 0xFF)
@@ -78,7 +74,7 @@ class BitDepthReduction(Defense):
         self.bits = bits
 
     def apply(self, train: ImageDataset, *, seed: int = 0, device=None) -> ImageDataset:
-        return _replace_images(train, reduce_bit_depth(train.images, self.bits))
+        return train.with_images(reduce_bit_depth(train.images, self.bits))
 
 
 @register_defense
@@ -90,7 +86,7 @@ class GaussianBlur(Defense):
         self.sigma = sigma
 
     def apply(self, train: ImageDataset, *, seed: int = 0, device=None) -> ImageDataset:
-        return _replace_images(train, gaussian_blur(train.images, self.sigma, device))
+        return train.with_images(gaussian_blur(train.images, self.sigma, device))
 
 
 @register_defense

@@ -30,4 +30,4 @@ class Grayscale(Defense):
         if train.channels == 1:
             return train
         grey = np.repeat(luma(train.images)[..., None], 3, axis=-1)
-        return ImageDataset(grey, train.labels, list(train.class_names), source=train.source, indices=train.indices)
+        return train.with_images(grey)

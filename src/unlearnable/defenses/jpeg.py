@@ -56,5 +56,4 @@ class JPEG(Defense):
         self.quality = quality
 
     def apply(self, train: ImageDataset, *, seed: int = 0, device=None) -> ImageDataset:
-        return ImageDataset(jpeg_round_trip(train.images, self.quality), train.labels, list(train.class_names),
-                            source=train.source, indices=train.indices)
+        return train.with_images(jpeg_round_trip(train.images, self.quality))

@@ -106,5 +106,4 @@ class OrthogonalProjection(Defense):
         w = fit_linear(train.images, train.labels, train.num_classes, device=device, iters=self.iters, l2=self.l2)
         self.weights = w  # kept for inspection (tests, reports)
         projected, self.clipped_fraction = orthogonal_projection(train.images, w, device=device)
-        return ImageDataset(projected, train.labels, list(train.class_names), source=train.source,
-                            indices=train.indices)
+        return train.with_images(projected)
