@@ -318,15 +318,12 @@ def format_worst_case(r: dict) -> str:
         accs = ["n/a" if w["by_attacker"].get(a) is None else f"{100 * w['by_attacker'][a]:.2f}%" for a in labels]
         top = "-" if w["test_acc"] is None else f"{100 * w['test_acc']:.2f}% ({w['attacker']})"
         rows.append((name, *accs, top))
-    w = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
-    line = lambda row: "| " + " | ".join(x.ljust(w[i]) for i, x in enumerate(row)) + " |"  # noqa: E731
     notes = [f"{a}: n/a ({why})" for a, why in (r.get("skipped") or {}).items()]
     title = ("Worst case for the protector: final-epoch clean test accuracy under each attacker (st-es: the "
              "early-stopped epoch, on the test images outside its validation split"
              + (f"; finetune/low-lr/probe: from a prior trained on {r['prior_images']} clean images outside "
                 f"the subset" if r.get("prior_images") else "") + ")")
-    return "\n".join([title, "", line(head), "|" + "|".join("-" * (x + 2) for x in w) + "|", *map(line, rows),
-                      *notes])
+    return "\n".join([title, "", *table_lines(head, rows), *notes])
 
 
 def _pct_best(row: dict) -> str:
