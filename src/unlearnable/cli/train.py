@@ -18,7 +18,6 @@ import json
 import shutil
 from pathlib import Path
 
-from ..data import fingerprint
 from ..errors import UnlearnableError, check_seed
 from ..experiments.evaluate import build_cells, run_evaluate, run_victim
 from ..models import check_model_name
@@ -98,9 +97,8 @@ def cmd_train(args):
 def cmd_pretrain(args):
     from ..data import load_dataset, read_poisoned, spec_path
     from ..fsutil import make_temp_dir, prepare_output_dir, replace_dir, write_json
-    from ..models.checkpoint import save_model
     from ..progress import log
-    from ..train.pretrain import check_pretrain_protocol, provenance, without_images
+    from ..train.pretrain import check_pretrain_protocol, save_prior, without_images
     out = prepare_output_dir(args.out, args.overwrite, inputs=[spec_path(args.data), *(args.exclude or [])])
     protocol = check_pretrain_protocol(args.protocol)
     model = check_model_name(args.model)
@@ -116,13 +114,11 @@ def cmd_pretrain(args):
     res, preset, cfg = run_victim(train, splits.test, model=model, protocol=protocol, options={}, defenses="none",
                                   preset=args.preset, seed=args.seed, overrides=_overrides(args),
                                   desc=f"pretrain ({protocol})")
-    prov = provenance(data=splits.name, fingerprint=fingerprint(train.images, train.labels), images=len(train), excluded=excluded,
-                      exclude=[str(d) for d in args.exclude or []], subset=args.subset, protocol=protocol,
-                      epochs=cfg.epochs, seed=args.seed, test_acc=res.test_acc)
     tmp = make_temp_dir(out)
     try:
-        save_model(res.model, tmp, name=model, in_channels=train.channels, num_classes=train.num_classes,
-                   image_size=train.image_size[0], extra={"provenance": prov})
+        prov = save_prior(res.model, tmp, train, data_name=splits.name, model_name=model, protocol=protocol,
+                          epochs=cfg.epochs, seed=args.seed, test_acc=res.test_acc, excluded=excluded,
+                          exclude=args.exclude or [], subset=args.subset)
         write_json(tmp / "metrics.json", {"data": splits.name, "train_images": len(train), "model": model,
                                           "seed": args.seed, "preset": preset, "provenance": prov, **res.metrics()})
         replace_dir(tmp, out)

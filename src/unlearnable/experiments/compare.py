@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 from ..attacks import attack_names, get_attack
-from ..data.dataset import fingerprint
 from ..data import load_dataset, read_poisoned, spec_path
 from ..data.dataset import DataSplits
 from ..errors import UnlearnableError, check_seed
@@ -42,7 +41,7 @@ from ..models.checkpoint import load_model, save_model
 from ..poison import poison_dataset
 from ..progress import log
 from ..train import best_epoch, train_victim, victim_preset
-from ..train.pretrain import provenance
+from ..train.pretrain import save_prior
 from ..train.standard import preset_name
 from .attackers import needs_prior, parse_attackers, train_attacker, worst_case
 from .markdown import table_lines
@@ -269,11 +268,8 @@ def _prior_cell(cell: Path, splits: DataSplits, subset_idx, n: int, vcfg, seed: 
     data = splits.train.take(rest).stratified_subset(n, seed)
     log(f"prior: {vcfg.model} on {len(data)} clean training images outside the subset")
     res = train_victim(data, splits.test, vcfg, seed=seed, desc="prior")
-    prov = provenance(data=splits.name, fingerprint=fingerprint(data.images, data.labels), images=len(data),
-                      excluded=0, exclude=[], subset=n, protocol="st", epochs=vcfg.epochs, seed=seed,
-                      test_acc=res.test_acc)
-    save_model(res.model, model_dir, name=vcfg.model, in_channels=data.channels, num_classes=data.num_classes,
-               image_size=data.image_size[0], extra={"provenance": prov})
+    save_prior(res.model, model_dir, data, data_name=splits.name, model_name=vcfg.model, protocol="st",
+               epochs=vcfg.epochs, seed=seed, test_acc=res.test_acc, subset=n)
     return model_dir
 
 

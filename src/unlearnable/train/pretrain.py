@@ -17,8 +17,9 @@ import hashlib
 
 import numpy as np
 
-from ..data.dataset import ImageDataset
+from ..data.dataset import ImageDataset, fingerprint
 from ..errors import UnlearnableError
+from ..models.checkpoint import save_model
 
 PRETRAIN_PROTOCOLS = ("st", "simclr")
 
@@ -57,3 +58,15 @@ def provenance(*, data: str, fingerprint: str, images: int, excluded: int, exclu
     return {"data": data, "data_fingerprint": fingerprint, "images": images, "excluded_images": excluded,
             "exclude": list(exclude), "subset": subset, "protocol": protocol, "epochs": epochs, "seed": seed,
             "test_acc": test_acc}
+
+
+def save_prior(model, folder, data: ImageDataset, *, data_name: str, model_name: str, protocol: str, epochs: int,
+               seed: int, test_acc: float, excluded: int = 0, exclude=(), subset: int | None = None) -> dict:
+    """Write ``model``, trained on ``data``, as a prior checkpoint in ``folder`` with its
+    provenance in ``model.json`` (what ``--init`` reads back); returns the provenance."""
+    prov = provenance(data=data_name, fingerprint=fingerprint(data.images, data.labels), images=len(data),
+                      excluded=excluded, exclude=[str(d) for d in exclude], subset=subset, protocol=protocol,
+                      epochs=epochs, seed=seed, test_acc=test_acc)
+    save_model(model, folder, name=model_name, in_channels=data.channels, num_classes=data.num_classes,
+               image_size=data.image_size[0], extra={"provenance": prov})
+    return prov
