@@ -53,9 +53,9 @@ from PIL import Image
 from ..data import ImageDataset
 from ..errors import UnlearnableError
 from ..fsutil import write_json
-from ..models.checkpoint import save_model
 from ..progress import Reported, bar, log
 from ..train import train_victim, victim_preset
+from ..train.pretrain import save_prior
 from .images import UnreadableImage, load_image
 from .manifest import NAME, read_manifest_file, sha256_file
 from .reference import load_reference, to_channels
@@ -168,8 +168,8 @@ def _reference_prior(ref, ref_train: np.ndarray, ref_test, cfg, seed: int, workd
     log("prior for the fine-tuning attacker: the victim model on the reference images alone")
     res = train_victim(train, test, cfg, seed=seed, desc="prior (reference)")
     folder = workdir / "prior"
-    save_model(res.model, folder, name=cfg.model, in_channels=train.channels, num_classes=train.num_classes,
-               image_size=train.image_size[0])
+    save_prior(res.model, folder, train, data_name=ref.spec, model_name=cfg.model, protocol="st", epochs=cfg.epochs,
+               seed=seed, test_acc=res.test_acc)
     return folder
 
 
