@@ -133,6 +133,24 @@ def test_inbox_limits_count_and_total(tmp_path):
     assert entry_parts("./a/b.png") == ["a", "b.png"]
 
 
+def test_a_zip_entry_that_replaces_a_file_counts_once(tmp_path):
+    """Re-sending a zip near the job's limit: each entry replaces its earlier copy, so only
+    the difference counts against the total (a flat BMP deflates to almost nothing, so the
+    zip itself fits beside the first copy while two copies of the image would not)."""
+    bmp = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(bmp, format="BMP")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("photos/a.bmp", bmp.getvalue())
+    size, packed = len(bmp.getvalue()), len(buf.getvalue())
+    assert size > packed + 1000
+    inbox = Inbox(tmp_path / "in", Limits(file_bytes=10**6, job_bytes=size + packed + 1000, files=9))
+    for _ in range(2):
+        r = inbox.receive("photos.zip", [buf.getvalue()])
+        assert r.added == ["photos/a.bmp"] and not r.refused
+    assert inbox.count == 1 and inbox.bytes == size
+
+
 def test_protect_previews_zip_check_and_one_task_at_a_time(srv):
     job = new_job(srv)
     originals = {f"p{i}.png": photo_png(i) for i in range(3)}

@@ -187,13 +187,14 @@ class Inbox:
                 p = self.root / parent
                 if p.is_symlink() or (p.exists() and not p.is_dir()):
                     raise Refused(f"{parent} is not a folder")
+            replacing = dest.stat().st_size if dest.is_file() else 0  # an entry sent again replaces its copy
             tmp = self.temp(dest.parent)
             try:
                 with archive.open(info) as src, open(tmp, "wb") as f:
                     size = 0
                     for chunk in iter(lambda: src.read(CHUNK), b""):
                         size += len(chunk)  # counted as it inflates: the header's size is not trusted
-                        self.check_room(size)
+                        self.check_room(size, replacing)
                         f.write(chunk)
                 self.place(tmp, dest, size)
             finally:
