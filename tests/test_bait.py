@@ -160,3 +160,16 @@ def test_cli_poison_method_bait(tiny_npz, tmp_path, capsys):
                  "--preset", "nope"])
     err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
     assert code == 2 and len(err) == 1 and "unknown preset" in err[0]
+
+
+def test_refused_resume_names_what_differs(tiny_npz, tmp_path, monkeypatch):
+    """A checkpoint of another run is refused with the fields that differ, not a guess at which."""
+    train = _train(tiny_npz)
+    crash_then_resume(lambda: get_attack("bait")(**FAST), train, tmp_path, monkeypatch)
+    with pytest.raises(UnlearnableError, match=r"\(epochs: 3 there, 4 now\);"):
+        get_attack("bait")(**{**FAST, "epochs": 4}).generate(train, seed=2, workdir=tmp_path, resume=True)
+    with pytest.raises(UnlearnableError, match=r"\(seed: 2 there, 3 now\);"):
+        get_attack("bait")(**FAST).generate(train, seed=3, workdir=tmp_path, resume=True)
+    smaller = train.take(np.arange(len(train) - 1))
+    with pytest.raises(UnlearnableError, match=r"\(data: other images or labels"):
+        get_attack("bait")(**FAST).generate(smaller, seed=2, workdir=tmp_path, resume=True)

@@ -190,10 +190,29 @@ class Checkpoint:
         resuming from it would silently mix two different runs."""
         state = self.load()
         want = {"method": method, "config": config, "seed": seed, "fingerprint": fingerprint, **more}
-        if any(state.get(k, method if k == "method" else None) != v for k, v in want.items()):
-            raise UnlearnableError(f"{self.path}: checkpoint was made with other data, config or seed; "
-                                   f"rerun without `resume` (or with `overwrite`)")
+        differ = [k for k, v in want.items() if state.get(k, method if k == "method" else None) != v]
+        if differ:
+            raise UnlearnableError(f"{self.path}: checkpoint was made with other data, config or seed "
+                                   f"({_mismatch(state, want, differ)}); rerun without `resume` "
+                                   f"(or with `overwrite`)")
         return state
+
+
+def _mismatch(state: dict, want: dict, keys: list) -> str:
+    """What differs between a checkpoint and the run that would resume it, for the refusal: the
+    config's differing fields by name, the data as "data" (its fingerprint says nothing to a
+    person; an older version named data by another hash, so this is also what an upgrade shows)."""
+    parts = []
+    for k in keys:
+        have, need = state.get(k), want[k]
+        if k == "config" and isinstance(have, dict):
+            fields = sorted(f for f in set(have) | set(need) if have.get(f, "absent") != need.get(f, "absent"))
+            parts += [f"{f}: {have.get(f, 'absent')!r} there, {need.get(f, 'absent')!r} now" for f in fields]
+        elif k == "fingerprint":
+            parts.append("data: other images or labels, or a checkpoint from an older version")
+        else:
+            parts.append(f"{k}: {have!r} there, {need!r} now")
+    return "; ".join(parts)
 
 
 def rng_state(gen: torch.Generator) -> dict:
