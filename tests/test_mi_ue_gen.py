@@ -95,3 +95,46 @@ def test_mi_ue_source_steps_sets_the_source_batches_per_epoch(tiny_npz, monkeypa
     calls.clear()
     MIUE(**base, source_steps=7).generate(train, seed=0)
     assert calls == [5, 2, 5, 2]
+
+
+def test_class_interleaved_batches_hold_every_class_in_proportion():
+    """``batches(stratify=labels)``: a permutation (every item once per epoch), seeded, and every
+    batch holds each class within one of its proportional share, imbalanced classes included."""
+    from unlearnable.train.loops import batches
+    y = torch.tensor([0] * 500 + [1] * 300 + [2] * 100 + [3] * 7)[torch.randperm(907, generator=torch.Generator().manual_seed(1))]
+    share = torch.bincount(y).double() / len(y)
+    epoch = list(batches(len(y), 64, torch.Generator().manual_seed(0), "cpu", stratify=y))
+    assert sorted(torch.cat(epoch).tolist()) == list(range(len(y)))
+    for idx in epoch:
+        counts = torch.bincount(y[idx], minlength=4).double()
+        assert ((counts - share * len(idx)).abs() <= 1.0 + 1e-9).all(), counts
+    again = list(batches(len(y), 64, torch.Generator().manual_seed(0), "cpu", stratify=y))
+    other = list(batches(len(y), 64, torch.Generator().manual_seed(1), "cpu", stratify=y))
+    assert all(torch.equal(a, b) for a, b in zip(epoch, again))
+    assert not torch.equal(torch.cat(epoch), torch.cat(other))
+    plain = list(batches(len(y), 64, torch.Generator().manual_seed(0), "cpu"))
+    worst = max(float((torch.bincount(y[i], minlength=4).double() - share * len(i)).abs().max()) for i in plain)
+    assert worst > 1.0  # what the option changes: random batches of 64 stray further than one
+
+
+@pytest.mark.parametrize("method", ["mi-ue", "mi-ue-g"])
+def test_balanced_batches_change_the_poison_batches(method, tiny_npz, monkeypatch):
+    """``balanced_batches``: every poison batch is class-proportional (mi-ue through the source run's
+    poison pass, mi-ue-g through its own loop); off by default, so the default output is unchanged."""
+    from unlearnable.train import loops
+    train = load_dataset(tiny_npz).train
+    over = (dict(model="test-cnn-w8", device="cpu", channels_last=False, batch_size=32, epochs=1, pgd_steps=1,
+                 forward_chunk=32) if method == "mi-ue" else dict(FAST, epochs=1))
+    seen = []
+    real = loops.class_interleaved_order
+
+    def recording(labels, generator):
+        seen.append(len(labels))
+        return real(labels, generator)
+
+    monkeypatch.setattr(loops, "class_interleaved_order", recording)
+    plain = get_attack(method)(**over).generate(train, seed=0).delta
+    assert seen == []
+    balanced = get_attack(method)(**over, balanced_batches=True).generate(train, seed=0).delta
+    assert seen == [len(train)]
+    assert not torch.equal(plain, balanced)

@@ -15,9 +15,9 @@ from pathlib import Path
 PINS = {
     "poison-ap-untargeted": "b0532dd399749dad8d316269a6455b93c1be5ec507cfd1aa2c7e5c711dd39e6a",
     "poison-em": "f3fb399df10b245b90f3715b95659165d5fc98193634eb43b4ecddebe1ca656c",
-    "poison-mi-ue": "799c59cebcb052f0001b985d32ba88a256dd9ae21028cd883be88146883bc9e8",
-    "protect": "f83bf93e55c74ad5472c0b7690f240f466383824610c678bfbc068a3f0c8b2ea",
-    "run": "53c599c143b31ebc074d96259df5188f1f24e92fc0d5bbb2a9f34b9f7b64d903",
+    "poison-mi-ue": "f72dbb15b4686db08bb65df6956cf6518ee09770c5f06787fffc4c83cc2903a3",
+    "protect": "6529f1bfd32ce78668f9308fac17ac9fab765b0f9e0d644fb0c5d39d3f4812ef",
+    "run": "7bb6e6b952f78cbcd3f60029068106711009f5d8fa40b8e9a46d2cd346faf243",
     "train": "0cd16d5711d34ea91fe6614c32cacb2d6d7403adfacbb2ef395721202dc92954",
 }
 

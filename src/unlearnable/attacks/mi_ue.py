@@ -39,6 +39,7 @@ class MIUEConfig(ClassifierSourceConfig):
     tau: float = 0.1
     zeta: float = 0.1
     distance_scale: str = "none"  # "none": the paper's Eq. 2; "dim": divide by the feature dimension
+    balanced_batches: bool = False  # poison batches hold every class in proportion (the ablation, docs/mi-ue.md)
     train_augment: str = "none"  # source-model training (CPU default matches the CPU victim; paper: crop-flip)
     pgd_augment: str = "none"  # expectation over transformations inside PGD
     crop_padding: int = 2  # 4 is the CIFAR (32 px) setting; 2 suits 28 px images
@@ -155,7 +156,7 @@ class MIUE(Attack):
                                               gather=run.gather_batch, dist_scale=dist_scale)
                         mi_total[0] += float(loss) * n
                         return new
-                    run.update_poisons(update, on_batch=pb.update)
+                    run.update_poisons(update, on_batch=pb.update, balanced=cfg.balanced_batches)
 
                 ce, acc, step = min_min_epoch(run, epoch, train_aug=train_aug, train_delta=lambda: delta,
                                               update_poisons=update_poisons, on_batch=pb.update)

@@ -47,6 +47,7 @@ class MIUEGenConfig(ClassifierSourceConfig):
     tau: float = 0.1
     zeta: float = 0.1
     distance_scale: str = "none"
+    balanced_batches: bool = False  # every batch holds each class in proportion (the ablation, docs/mi-ue.md)
     train_augment: str = "none"
     crop_padding: int = 2
 
@@ -87,7 +88,8 @@ class MIUEGen(Attack):
         with bar(total=cfg.epochs * n_b, initial=run.start * n_b, desc=self.name, unit="batch") as pb:
             for epoch in range(run.start, cfg.epochs):
                 sums = torch.zeros(3, device=device)
-                for idx in batches(len(data), cfg.batch_size, run.gen, device):
+                for idx in batches(len(data), cfg.batch_size, run.gen, device,
+                                   stratify=data.y if cfg.balanced_batches else None):
                     x, y = data.batch(idx)
                     net.train()
                     xp = poison(x, y)

@@ -168,8 +168,10 @@ class SourceRun:
         self.perturbation.copy_((noise * 2 - 1) * self.cfg.eps)
 
     def update_poisons(self, update: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], *,
-                       shuffle: bool = True, on_batch=None, start_batch: int = 0, stop_batch: int | None = None):
-        """Run ``update(x, y, delta) -> new delta`` over the batches of the training set.
+                       shuffle: bool = True, on_batch=None, start_batch: int = 0, stop_batch: int | None = None,
+                       balanced: bool = False):
+        """Run ``update(x, y, delta) -> new delta`` over the batches of the training set
+        (shuffled batches hold every class in proportion when ``balanced``).
 
         Sample-wise: the result replaces the batch's rows. Class-wise: every class seen in
         the batch takes the mean of its samples' new perturbations, clipped to eps (the
@@ -178,11 +180,12 @@ class SourceRun:
         that checkpoint inside one pass).
         """
         gen = self.gen if shuffle else None
+        order = batches(len(self.data), self.cfg.batch_size, gen, self.device,
+                        stratify=self.data.y if balanced else None)
         if self.sharding is not None and self.sharding.distributed:  # DDP hook
-            return self.sharding.update_poisons(self, update, batches(len(self.data), self.cfg.batch_size, gen,
-                                                                      self.device),
-                                                on_batch=on_batch, start_batch=start_batch, stop_batch=stop_batch)
-        for b, idx in enumerate(batches(len(self.data), self.cfg.batch_size, gen, self.device)):
+            return self.sharding.update_poisons(self, update, order, on_batch=on_batch, start_batch=start_batch,
+                                                stop_batch=stop_batch)
+        for b, idx in enumerate(order):
             if b < start_batch:
                 continue
             if stop_batch is not None and b >= stop_batch:

@@ -36,13 +36,43 @@ class TensorData:
         return self.x[idx].float().div_(255.0), self.y[idx]
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator | None, device, drop_last=False):
-    """Index batches over ``n`` items, shuffled when a generator is given."""
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+def batches(n: int, batch_size: int, generator: torch.Generator | None, device, drop_last=False,
+            stratify: torch.Tensor | None = None):
+    """Index batches over ``n`` items, shuffled when a generator is given. With ``stratify``
+    (the items' labels) and a generator, every batch holds each class in proportion to its
+    share of the items, within one (:func:`class_interleaved_order`)."""
+    if stratify is not None and generator is not None:
+        order = class_interleaved_order(stratify, generator)
+    else:
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     order = order.to(device)
     stop = n - (n % batch_size) if (drop_last and n >= batch_size) else n
     for i in range(0, stop, batch_size):
         yield order[i:i + batch_size]
+
+
+def class_interleaved_order(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A random permutation of ``range(len(labels))`` that spreads every class evenly.
+
+    Each class's items are shuffled and given the keys ``(rank + u_c) / n_c`` (rank within
+    the class, ``u_c`` one uniform offset per class, ``n_c`` the class's count), then all
+    items are sorted by key. A class's keys are evenly spaced ``1 / n_c`` apart, so any run
+    of ``B`` consecutive items spans about ``B / n`` of the key range and holds
+    ``B * n_c / n`` items of class c, rounded up or down: a contrastive loss sees every
+    class in every batch, however small the batch. The per-class offsets stop the classes
+    from always appearing in the same order.
+    """
+    n = len(labels)
+    perm = torch.randperm(n, generator=generator)
+    y = labels.cpu()[perm]
+    counts = torch.bincount(y)
+    by_class = torch.argsort(y, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty(n, dtype=torch.float64)
+    rank[by_class] = (torch.arange(n) - starts[y[by_class]]).double()
+    offset = torch.rand(len(counts), generator=generator, dtype=torch.float64)
+    key = (rank + offset[y]) / counts[y].double()
+    return perm[torch.argsort(key, stable=True)]
 
 
 def num_batches(n: int, batch_size: int, drop_last=False) -> int:
