@@ -204,6 +204,32 @@ def test_compare_end_to_end_then_cached(tiny_npz, tmp_path, capsys, monkeypatch)
         compare.parse_methods("random,nope")
 
 
+def test_compare_starts_a_row_again_when_its_checkpoint_is_unusable(tiny_npz, tmp_path, monkeypatch):
+    """The compare folder is a cache: a checkpoint left by another version (or damaged) makes
+    that row's attack start again, said in the log, instead of failing the row on every rerun."""
+    from unlearnable.attacks.base import UnusableCheckpoint
+    calls = []
+    real = compare.poison_dataset
+
+    def first_refused(method, *a, resume, **k):
+        calls.append((method, resume))
+        if resume and len(calls) == 1:
+            raise UnusableCheckpoint("refused", "made with other data, config or seed (seed: 1 there, 0 now)")
+        return real(method, *a, resume=resume, **k)
+
+    monkeypatch.setattr(compare, "poison_dataset", first_refused)
+    logged = []
+    monkeypatch.setattr(compare, "log", logged.append)
+    out = tmp_path / "cmp"
+    assert main(["compare", "--data", str(tiny_npz), "--methods", "random", "--victim-epochs", "1",
+                 "--mi-slices", "8", "--estimators", "hist", "--out", str(out)]) == 0
+    assert calls == [("random", True), ("random", False)]
+    said = [x for x in logged if x.startswith("random: the checkpoint in ")]
+    assert len(said) == 1 and "is unusable (made with other data, config or seed (seed: 1 there" in said[0]
+    assert said[0].endswith("starting this attack again")
+    assert not json.loads((out / "results.json").read_text())["failed"]
+
+
 @pytest.mark.parametrize("mi_model", ["victim", "clean"])
 def test_compare_g_is_the_attacks_own_victim_unless_clean(tiny_npz, tmp_path, monkeypatch, mi_model):
     """By default each row's g is the victim trained on that attack's data; --mi-model clean

@@ -156,6 +156,15 @@ class ClassifierSourceConfig(SourceConfig):
             raise UnlearnableError(f"{owner}: train_augment: {e}") from None
 
 
+class UnusableCheckpoint(UnlearnableError):
+    """A checkpoint that cannot be resumed (unreadable, or made by another run); ``why`` says
+    which, for callers that start again instead of stopping (compare's cached rows)."""
+
+    def __init__(self, message: str, why: str):
+        super().__init__(message)
+        self.why = why
+
+
 class Checkpoint:
     """An atomically replaced ``checkpoint.pt`` holding tensors and plain Python values.
 
@@ -182,8 +191,8 @@ class Checkpoint:
             # which would run code from the file: say what happened in one line instead.
             why = ("it holds objects other than tensors and plain values, refused without unpickling"
                    if isinstance(e, pickle.UnpicklingError) else "damaged or not a checkpoint")
-            raise UnlearnableError(f"cannot read checkpoint {self.path}: {why}; rerun without `resume` "
-                                   f"(or with `overwrite`) to start again") from None
+            raise UnusableCheckpoint(f"cannot read checkpoint {self.path}: {why}; rerun without `resume` "
+                                     f"(or with `overwrite`) to start again", why) from None
 
     def load_matching(self, method: str, config: dict, seed: int, fingerprint: str, **more) -> dict:
         """Load, refusing a checkpoint of another method, config, seed, data or ``more`` (e.g. a block size):
@@ -192,9 +201,9 @@ class Checkpoint:
         want = {"method": method, "config": config, "seed": seed, "fingerprint": fingerprint, **more}
         differ = [k for k, v in want.items() if state.get(k, method if k == "method" else None) != v]
         if differ:
-            raise UnlearnableError(f"{self.path}: checkpoint was made with other data, config or seed "
-                                   f"({_mismatch(state, want, differ)}); rerun without `resume` "
-                                   f"(or with `overwrite`)")
+            why = f"made with other data, config or seed ({_mismatch(state, want, differ)})"
+            raise UnusableCheckpoint(f"{self.path}: checkpoint was {why}; rerun without `resume` "
+                                     f"(or with `overwrite`)", why)
         return state
 
 

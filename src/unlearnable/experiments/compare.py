@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..attacks import attack_names, get_attack
+from ..attacks.base import UnusableCheckpoint
 from ..data import load_dataset, read_poisoned, spec_path
 from ..data.dataset import DataSplits
 from ..errors import UnlearnableError, check_seed
@@ -38,7 +39,7 @@ from ..measure import spearman
 from ..measure.gaps import G_DESCRIPTIONS, MIGapMeter, check_mi_model
 from ..measure.folders import parse_estimators
 from ..models.checkpoint import load_model, save_model
-from ..poison import poison_dataset
+from ..poison import partial_dir, poison_dataset
 from ..progress import log
 from ..train import best_epoch, train_victim, victim_preset
 from ..train.pretrain import save_prior
@@ -239,8 +240,14 @@ def _attack_cell(cell: Path, method: str, splits: DataSplits, vcfg, clean: dict,
         return _read_json(metrics)
     pdir = cell / "poisoned"
     if not (pdir / "manifest.json").is_file():
-        # resume=True continues a checkpoint left by an interrupted run (or starts afresh).
-        poison_dataset(method, splits, pdir, seed=seed, preset=preset, resume=True, overwrite=True)
+        # resume=True continues a checkpoint left by an interrupted run (or starts afresh). The
+        # folder is a cache: a checkpoint it cannot use (another version's, a damaged file) is
+        # replaced by a new run of this row, said in the log, rather than failing the row for good.
+        try:
+            poison_dataset(method, splits, pdir, seed=seed, preset=preset, resume=True, overwrite=True)
+        except UnusableCheckpoint as e:
+            log(f"{method}: the checkpoint in {partial_dir(pdir)} is unusable ({e.why}); starting this attack again")
+            poison_dataset(method, splits, pdir, seed=seed, preset=preset, resume=False, overwrite=True)
     protected = read_poisoned(pdir)  # what a data user would scrape: the files on disk
     if not np.array_equal(protected.clean.images, splits.train.images):
         # the clean reference is measured on the subset in memory; X must be the same images
