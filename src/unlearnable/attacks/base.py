@@ -211,12 +211,16 @@ def _mismatch(state: dict, want: dict, keys: list) -> str:
     """What differs between a checkpoint and the run that would resume it, for the refusal: the
     config's differing fields by name, the data as "data" (its fingerprint says nothing to a
     person; an older version named data by another hash, so this is also what an upgrade shows)."""
+    def shown(values: dict, field: str) -> str:
+        return repr(values[field]) if field in values else "'absent'"
+
     parts = []
     for k in keys:
         have, need = state.get(k), want[k]
         if k == "config" and isinstance(have, dict):
-            fields = sorted(f for f in set(have) | set(need) if have.get(f, "absent") != need.get(f, "absent"))
-            parts += [f"{f}: {have.get(f, 'absent')!r} there, {need.get(f, 'absent')!r} now" for f in fields]
+            fields = sorted(f for f in set(have) | set(need)
+                            if f not in have or f not in need or have[f] != need[f])
+            parts += [f"{f}: {shown(have, f)} there, {shown(need, f)} now" for f in fields]
         elif k == "fingerprint":
             parts.append("data: other images or labels, or a checkpoint from an older version")
         else:
