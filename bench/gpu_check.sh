@@ -22,7 +22,6 @@ VICTIM_EPOCHS=${VICTIM_EPOCHS:-6} # the paper's victim runs 200
 SUBSET=${SUBSET:-}               # empty: all 60,000 training images
 SPEED_SUBSET=${SPEED_SUBSET:-10000}
 WORK=$(mktemp -d)
-RESULTS=${OUT:-$WORK}
 trap 'rm -rf "$WORK"' EXIT
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export UNLEARNABLE_FMNIST_DIR=${UNLEARNABLE_FMNIST_DIR:-$PWD/.data/fashion-mnist}
@@ -56,23 +55,22 @@ for set in clean poisoned; do
   echo "victim on $set: done"
 done
 
-"$PY" - "$WORK" "$RESULTS/gpu_check.jsonl" "$DEVICE" "$EPOCHS" "$VICTIM_EPOCHS" "$SPEED_SUBSET" <<'EOF'
+"$PY" - "$WORK" "${OUT:+$OUT/gpu_check.jsonl}" "$DEVICE" "$EPOCHS" "$VICTIM_EPOCHS" "$SPEED_SUBSET" <<'EOF'
 import json, sys
 from pathlib import Path
 import torch
-work, dest, device, epochs, victim_epochs, speed_n = Path(sys.argv[1]), Path(sys.argv[2]), *sys.argv[3:]
+work, dest, device, epochs, victim_epochs, speed_n = Path(sys.argv[1]), sys.argv[2], *sys.argv[3:]
 manifest = lambda d: json.loads((work / d / "manifest.json").read_text())
 metrics = lambda d: json.loads((work / d / "metrics.json").read_text())
 speed = {p: manifest(f"speed-{p}")["timings"]["generate_s"] for p in ("fp32", "bf16-cl")}
 gen = manifest("poisoned")
 clean, poisoned = metrics("victim-clean"), metrics("victim-poisoned")
-best = lambda m: max(h["test_acc"] for h in m["history"])
 line = {
     "bench": "gpu_check", "device": torch.cuda.get_device_name() if device.startswith("cuda") else device,
     "torch": torch.__version__, "train_images": gen["counts"]["train"], "generation_epochs": int(epochs),
     "victim": "resnet-18 paper-st", "victim_epochs": int(victim_epochs),
     "clean_acc": clean["test_acc"], "mi_ue_acc": poisoned["test_acc"],
-    "clean_best_acc": best(clean), "mi_ue_best_acc": best(poisoned),
+    "clean_best_acc": clean["best_test_acc"], "mi_ue_best_acc": poisoned["best_test_acc"],
     "generate_s": gen["timings"]["generate_s"], "linf_255": gen["linf_255"],
     "speed_images": int(speed_n), "speed_epoch_s": speed,
     "images_per_s": {p: round(int(speed_n) / s, 1) for p, s in speed.items()},
@@ -80,6 +78,7 @@ line = {
 }
 text = json.dumps(line)
 print(text)
-with open(dest, "a") as f:
-    f.write(text + "\n")
+if dest:  # the device tool's $OUT: the line comes back as a file too
+    with open(dest, "a") as f:
+        f.write(text + "\n")
 EOF

@@ -31,9 +31,8 @@ import numpy as np
 
 from unlearnable.data import load_dataset, read_poisoned
 from unlearnable.measure import spearman
-from unlearnable.measure.estimators import make_estimator
 from unlearnable.measure.features import paired_features
-from unlearnable.measure.sliced import direction_pairs, sliced_mi
+from unlearnable.measure.gaps import MIGapMeter
 from unlearnable.models.checkpoint import load_model
 from unlearnable.progress import set_quiet
 from unlearnable.train import train_victim, victim_preset
@@ -49,14 +48,10 @@ def within_class_shuffle(labels: np.ndarray, seed: int) -> np.ndarray:
     return perm
 
 
-def mi_pair(zc, zp, labels, estimators, slices, seed, perm) -> dict:
-    out = {}
-    for est in estimators:
-        dirs = direction_pairs(slices, zc.shape[1], zp.shape[1], seed)
-        run = lambda b: sliced_mi(zc, b, labels, estimator=make_estimator(est), conditional=True,  # noqa: E731
-                                  directions=dirs, seed=seed).mean
-        out[est] = {"paired": round(run(zp), 5), "floor": round(run(zp[perm]), 5)}
-    return out
+def mi_pair(meter: MIGapMeter, zc, zp, perm) -> dict:
+    """Paired and floor SMI(zc; zp) per estimator, with the meter's (the compare's) directions."""
+    return {est: {"paired": round(meter.against(est, zc, zp).mean, 5),
+                  "floor": round(meter.against(est, zc, zp[perm]).mean, 5)} for est in meter.estimators}
 
 
 def main(argv=None) -> None:
@@ -69,7 +64,7 @@ def main(argv=None) -> None:
     settings = json.loads((args.compare_dir / "settings.json").read_text())
     results = json.loads((args.compare_dir / "results.json").read_text())
     seed, slices, estimators = settings["seed"], settings["mi_slices"], settings["estimators"]
-    vcfg = victim_preset("cpu", **{k: v for k, v in settings["victim"].items() if k not in ("init",)})
+    vcfg = victim_preset("cpu", **settings["victim"])
     attacks = args.attacks.split(",") if args.attacks else list(results["attacks"])
     done = {}
     if args.out.is_file():
@@ -87,12 +82,13 @@ def main(argv=None) -> None:
         with open(args.out, "a") as f:
             f.write(json.dumps(row) + "\n")
 
+    clean_model, _ = load_model(args.compare_dir / "clean" / "model", device="cpu")
+    # the compare's meter: reference features of the clean victim, its m, seed and directions
+    meter = MIGapMeter.for_model(clean_model, clean_train, estimators=estimators, slices=slices, seed=seed)
     if "clean" not in done:
         t0 = time.time()
-        model, _ = load_model(args.compare_dir / "clean" / "model", device="cpu")
-        zc, _ = paired_features(model, clean_train, clean_train)
         emit({"row": "clean", "test_acc": results["clean"]["test_acc"],
-              "mi": mi_pair(zc, zc, labels, estimators, slices, seed, perm), "seconds": round(time.time() - t0, 1)})
+              "mi": mi_pair(meter, meter.z_ref, meter.z_ref, perm), "seconds": round(time.time() - t0, 1)})
     for name in attacks:
         if name in done:
             continue
@@ -101,7 +97,7 @@ def main(argv=None) -> None:
         res = train_victim(protected.poisoned, test, vcfg, seed=seed, desc=f"victim ({name})")
         zc, zp = paired_features(res.model, protected.clean, protected.poisoned)
         emit({"row": name, "test_acc": res.test_acc, "compare_test_acc": results["attacks"][name]["test_acc"],
-              "mi": mi_pair(zc, zp, labels, estimators, slices, seed, perm), "seconds": round(time.time() - t0, 1)})
+              "mi": mi_pair(meter, zc, zp, perm), "seconds": round(time.time() - t0, 1)})
     ref = done["clean"]
     rows = [done[a] for a in attacks if a in done]
     summary = {}

@@ -42,10 +42,10 @@ def main(argv=None) -> None:
     sets = {f.name: read_poisoned(f / "poisoned") for f in folders}
     first = next(iter(sets.values()))
     test = load_dataset(first.manifest["data"]).test
+    named = [("clean", first.clean)] + [(name, ps.poisoned) for name, ps in sets.items()]
     rows: dict[str, dict] = {}
     for victim in args.victims.split(","):
         cfg = victim_preset("cpu", model=victim, epochs=args.epochs)
-        named = [("clean", first.clean)] + [(name, ps.poisoned) for name, ps in sets.items()]
         for name, train in named:
             res = train_victim(train, test, cfg, seed=args.seed, desc=f"{victim} ({name})")
             acc, ep = best_epoch(res.history)
