@@ -138,3 +138,58 @@ def test_balanced_batches_change_the_poison_batches(method, tiny_npz, monkeypatc
     balanced = get_attack(method)(**over, balanced_batches=True).generate(train, seed=0).delta
     assert seen == [len(train)]
     assert not torch.equal(plain, balanced)
+
+
+def test_class_maps_add_a_per_class_pattern_before_the_tanh():
+    from unlearnable.attacks.gue import PerturbationGenerator
+    torch.manual_seed(0)
+    g = PerturbationGenerator(1, width=2, levels=2, num_classes=3, map_size=(9, 7)).eval()
+    x = torch.rand(2, 1, 9, 7)
+    with torch.no_grad():
+        same = g(x, torch.tensor([0, 1]))  # the maps start at zero
+        g.class_maps[1] = 50.0
+        g.class_maps[2] = -50.0
+        out = g(x[:1].expand(3, -1, -1, -1), torch.tensor([0, 1, 2]))
+    assert torch.equal(same[0], out[0])  # class 0's map is still zero
+    assert torch.all(out[1] > 0.99) and torch.all(out[2] < -0.99)
+    g.zero_grad()
+    g(x, torch.tensor([0, 0])).sum().backward()
+    assert g.class_maps.grad[0].abs().sum() > 0 and g.class_maps.grad[1:].abs().sum() == 0
+    with pytest.raises(ValueError, match="num_classes"):
+        PerturbationGenerator(1, width=2, levels=1, map_size=(9, 7))
+
+
+def test_mi_ue_g_class_maps_keep_the_budget_and_change_the_poisons(tiny_npz):
+    train = load_dataset(tiny_npz).train
+    plain = get_attack("mi-ue-g")(**FAST).generate(train, seed=0).delta
+    maps = get_attack("mi-ue-g")(**FAST, class_maps=True).generate(train, seed=0).delta
+    eps = get_attack("mi-ue-g")(**FAST).config.eps
+    assert maps.shape == plain.shape and 0 < maps.abs().max() <= eps + 1e-6
+    assert not torch.equal(maps, plain)
+    with pytest.raises(UnlearnableError, match="class_maps needs label_input"):
+        get_attack("mi-ue-g")(class_maps=True, label_input=False)
+
+
+def test_source_restarts_reinitialise_the_source_and_resume_bit_identically(tiny_npz, tmp_path, monkeypatch):
+    """``source_restart_epochs``: a fresh source model (and SGD cycle) at every multiple of it,
+    drawn from a seed of its own, so a run resumed across a restart equals an uninterrupted one."""
+    from unlearnable.attacks import mi_ue_gen
+    train = load_dataset(tiny_npz).train
+    over = dict(FAST, epochs=4, source_restart_epochs=2)
+    full, resumed = crash_then_resume(lambda: get_attack("mi-ue-g")(**over), train, tmp_path, monkeypatch,
+                                      crash_after=2)
+    assert resumed.info["resumed_from_epoch"] == 2 and torch.equal(resumed.delta, full.delta)
+    real, calls = mi_ue_gen.restart_source, []
+
+    def spy(run, seed, epochs):
+        before = [p.detach().clone() for p in run.model.parameters()]
+        real(run, seed, epochs)
+        calls.append((seed, epochs, any(not torch.equal(a, b) for a, b in zip(before, run.model.parameters())),
+                      run.opt.param_groups[0]["lr"]))
+
+    monkeypatch.setattr(mi_ue_gen, "restart_source", spy)
+    get_attack("mi-ue-g")(**dict(FAST, epochs=5, source_restart_epochs=2)).generate(train, seed=3)
+    assert [c[:3] for c in calls] == [(3 * 100_003 + 2, 2, True), (3 * 100_003 + 4, 2, True)]
+    assert all(c[3] == FAST.get("lr", get_attack("mi-ue-g")().config.lr) for c in calls)
+    with pytest.raises(UnlearnableError, match="source_restart_epochs"):
+        get_attack("mi-ue-g")(source_restart_epochs=-1)

@@ -82,15 +82,23 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
 class PerturbationGenerator(nn.Module):
     """An encoder-decoder with skip connections: (B, C, H, W) images in [0, 1] -> (B, C, H, W)
     in (-1, 1). ``levels`` 2x average-pool downsamplings (ceil mode), width ``width * 2**i``
-    at level i; the decoder upsamples bilinearly to each skip's size, so any H, W works."""
+    at level i; the decoder upsamples bilinearly to each skip's size, so any H, W works.
+    ``map_size`` (H, W), with ``num_classes``, adds a learned full-resolution map per class
+    before the tanh: a pattern that depends on the class alone, which the decoder (class
+    information only at the bottleneck, mixed with the image's skips) cannot produce
+    directly. It fixes the image size."""
 
-    def __init__(self, channels: int, width: int = 32, levels: int = 3, num_classes: int | None = None):
+    def __init__(self, channels: int, width: int = 32, levels: int = 3, num_classes: int | None = None,
+                 map_size: tuple[int, int] | None = None):
         super().__init__()
+        if map_size is not None and not num_classes:
+            raise ValueError("class maps need num_classes")
         widths = [width * 2 ** i for i in range(levels + 1)]
         self.down = nn.ModuleList(_block(c_in, c_out) for c_in, c_out in zip([channels] + widths[:-1], widths))
         self.up = nn.ModuleList(_block(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(levels)))
         self.embed = nn.Embedding(num_classes, widths[-1]) if num_classes else None
         self.out = nn.Sequential(nn.Conv2d(width, channels, 1), nn.BatchNorm2d(channels))
+        self.class_maps = nn.Parameter(torch.zeros(num_classes, channels, *map_size)) if map_size else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h, skips = x * 2 - 1, []
@@ -104,7 +112,10 @@ class PerturbationGenerator(nn.Module):
         for block, skip in zip(self.up, reversed(skips)):
             h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             h = block(torch.cat([h, skip], 1))
-        return torch.tanh(self.out(h))
+        h = self.out(h)
+        if self.class_maps is not None:
+            h = h + self.class_maps[y]
+        return torch.tanh(h)
 
 
 def payoff(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from ..data.augment import build_augment
 from ..errors import UnlearnableError
 from ..progress import bar
 from ..runtime import autocast, prepare_model, to_model_input
-from ..train.loops import batches, num_batches
+from ..train.loops import batches, num_batches, sgd_cosine
 from .base import Attack, AttackResult, ClassifierSourceConfig, register_attack
 from .gue import PerturbationGenerator, generator_poisons
 from .losses import mi_loss
@@ -44,9 +44,11 @@ class MIUEGenConfig(ClassifierSourceConfig):
     gen_width: int = 16
     gen_levels: int = 2
     label_input: bool = True
+    class_maps: bool = False  # a learned full-resolution pattern per class added before the tanh
     tau: float = 0.1
     zeta: float = 0.1
     distance_scale: str = "none"
+    source_restart_epochs: int = 0  # > 0: a freshly initialised source model every that many epochs
     balanced_batches: bool = False  # every batch holds each class in proportion (the ablation, docs/mi-ue.md)
     train_augment: str = "none"
     crop_padding: int = 2
@@ -57,6 +59,10 @@ class MIUEGenConfig(ClassifierSourceConfig):
             raise UnlearnableError("mi-ue-g: lr, gen_lr and tau must be positive and zeta non-negative")
         if self.distance_scale not in ("none", "dim"):
             raise UnlearnableError(f"mi-ue-g: distance_scale must be 'none' or 'dim', got {self.distance_scale!r}")
+        if self.source_restart_epochs < 0:
+            raise UnlearnableError(f"mi-ue-g: source_restart_epochs must be >= 0, got {self.source_restart_epochs}")
+        if self.class_maps and not self.label_input:
+            raise UnlearnableError("mi-ue-g: class_maps needs label_input")
 
 
 @register_attack
@@ -67,11 +73,13 @@ class MIUEGen(Attack):
 
     def generate(self, train, *, seed: int = 0, workdir=None, resume: bool = False) -> AttackResult:
         cfg = self.config
+        restart = cfg.source_restart_epochs
         run = SourceRun(self.name, cfg, train, seed=seed, workdir=workdir, resume=resume, schedule="cosine",
-                        schedule_epochs=cfg.epochs)
+                        schedule_epochs=restart or cfg.epochs)
         model, device, data = run.model, run.device, run.data
         net = prepare_model(PerturbationGenerator(train.channels, cfg.gen_width, cfg.gen_levels,
-                                                  train.num_classes if cfg.label_input else None),
+                                                  train.num_classes if cfg.label_input else None,
+                                                  train.image_size if cfg.class_maps else None),
                             device, cfg.channels_last)
         gen_params = list(net.parameters())
         opt_gen = torch.optim.Adam(gen_params, lr=cfg.gen_lr)
@@ -87,6 +95,8 @@ class MIUEGen(Attack):
         n_b = num_batches(len(data), cfg.batch_size)
         with bar(total=cfg.epochs * n_b, initial=run.start * n_b, desc=self.name, unit="batch") as pb:
             for epoch in range(run.start, cfg.epochs):
+                if restart and epoch and epoch % restart == 0:
+                    restart_source(run, seed * 100_003 + epoch, restart)
                 sums = torch.zeros(3, device=device)
                 for idx in batches(len(data), cfg.batch_size, run.gen, device,
                                    stratify=data.y if cfg.balanced_batches else None):
@@ -122,4 +132,18 @@ class MIUEGen(Attack):
         delta = generator_poisons(net, data, eps=cfg.eps, label_input=cfg.label_input,
                                   channels_last=cfg.channels_last, chunk=512)
         return AttackResult(delta=delta, info=run.info())
+
+
+def restart_source(run: SourceRun, seed: int, epochs: int) -> None:
+    """Re-initialise the source model (a fresh draw, seeded by ``seed`` so a resumed run
+    draws the same) with a fresh SGD and a cosine cycle of ``epochs``: the generator then
+    plays against a model early in its training, as a victim's first epochs are."""
+    cfg = run.cfg
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for m in run.model.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    run.opt, run.sched = sgd_cosine(run.model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                    epochs=epochs, lr_min=cfg.lr_min)
 
