@@ -278,3 +278,16 @@ def test_compare_table_prints_spearman_with_n_and_p():
     assert re.search(r"^Spearman \(acc gap vs MI gap, ksg\): rho -1\.00, p \S+, n 3$", table, re.M)
     assert "50.00% (ep 1)" in table and "d failed: boom" in table
     assert "g: the clean victim for every set (not the paper's definition)" in table
+
+
+def test_compare_table_marks_a_victim_that_learned_nothing():
+    from unlearnable.experiments.compare import format_table
+    row = {"test_acc": 0.1, "best_acc": 0.1, "best_epoch": 1, "victim_s": 1.0}
+    attack = {**row, "acc_gap": 0.7, "mi": {}, "generate_s": 1.0, "norm": "linf", "did_not_learn": "why"}
+    r = {"estimators": [], "clean": dict(row, test_acc=0.8, best_acc=0.8), "attacks": {"a": attack, "b": dict(
+        attack, did_not_learn=None)}, "methods": ["a", "b"], "failed": {}, "data": "d", "subset": 10, "preset": "cpu",
+        "victim": "cnn", "victim_epochs": 1, "test_size": 10}
+    lines = format_table(r).splitlines()
+    assert any(line.startswith("| a ") and "10.00% (victim did not learn)" in line for line in lines)
+    assert any(line.startswith("| b ") and "did not learn" not in line for line in lines)
+    assert not any(line.startswith("| clean ") and "did not learn" in line for line in lines)

@@ -17,3 +17,25 @@ def test_victim_learns_tiny_task():
 def test_paper_preset():
     cfg = victim_preset("paper-st")
     assert (cfg.model, cfg.epochs, cfg.lr, cfg.weight_decay, cfg.batch_size) == ("resnet-18", 200, 0.5, 1e-4, 128)
+
+
+def test_a_victim_that_learned_nothing_is_flagged_not_counted(monkeypatch):
+    """A diverged (non-finite loss) or collapsed victim (training accuracy no better than the
+    majority class) gets ``extra["did_not_learn"]`` and a warning; one that learned gets neither."""
+    import numpy as np
+    from unlearnable.train import standard
+    cfg = victim_preset("cpu", epochs=2, batch_size=32, device="cpu")
+    labels = np.array([0, 0, 0, 1])
+    assert "majority class 75.0%" in standard.did_not_learn("v", cfg, labels, 0.75, 0.5)
+    assert "final loss nan" in standard.did_not_learn("v", cfg, labels, 1.0, float("nan"))
+    assert standard.did_not_learn("v", cfg, labels, 0.8, 0.5) is None
+    x, y = make_learnable(200, seed=1)
+    train, test = ImageDataset(x[:160], y[:160], list("abcd")), ImageDataset(x[160:], y[160:], list("abcd"))
+    logged = []
+    monkeypatch.setattr(standard, "log", logged.append)
+    ok = train_victim(train, test, victim_preset("cpu", epochs=3, batch_size=32, lr=0.05, device="cpu"), seed=0)
+    assert "did_not_learn" not in ok.extra and not logged
+    blown = train_victim(train, test, victim_preset("cpu", epochs=2, batch_size=32, lr=1e8, device="cpu"),
+                         seed=0, desc="victim (x)")
+    assert blown.extra["did_not_learn"].startswith("victim (x): cnn did not learn")
+    assert logged == [f"warning: {blown.extra['did_not_learn']}"] and blown.metrics()["did_not_learn"]

@@ -213,6 +213,16 @@ def _with_best_epoch(row: dict) -> dict:
     return {**row, "best_acc": acc, "best_epoch": ep}
 
 
+def _failure(res) -> dict:
+    """The victim's "did not learn" reason (train.standard.did_not_learn), when it has one."""
+    return {"did_not_learn": res.extra["did_not_learn"]} if "did_not_learn" in res.extra else {}
+
+
+def _pct_final(row: dict) -> str:
+    """The final-epoch accuracy, marked when the victim learned nothing (chance, not protection)."""
+    return f"{100 * row['test_acc']:.2f}%" + (" (victim did not learn)" if row.get("did_not_learn") else "")
+
+
 def _clean_cell(cell: Path, splits: DataSplits, vcfg, seed: int):
     """The clean victim (cached: metrics.json + its weights, needed for every MI row)."""
     metrics = cell / "metrics.json"
@@ -225,7 +235,7 @@ def _clean_cell(cell: Path, splits: DataSplits, vcfg, seed: int):
     save_model(res.model, cell / "model", name=vcfg.model, in_channels=tr.channels, num_classes=tr.num_classes,
                image_size=tr.image_size[0])
     row = _with_best_epoch({"test_acc": res.test_acc, "train_acc": res.train_acc, "victim_s": round(res.seconds, 2),
-                            "history": res.history})
+                            **_failure(res), "history": res.history})
     write_json(metrics, row)
     return row, res.model
 
@@ -260,7 +270,8 @@ def _attack_cell(cell: Path, method: str, splits: DataSplits, vcfg, clean: dict,
         "method": method, "test_acc": res.test_acc, "acc_gap": round(clean["test_acc"] - res.test_acc, 5),
         "train_acc": res.train_acc, "mi": mi, "generate_s": manifest["timings"]["generate_s"],
         "victim_s": round(res.seconds, 2), "eps_255": manifest["eps_255"], "linf_255": manifest["linf_255"],
-        "norm": manifest.get("norm", "linf"), "l0_pixels": manifest.get("l0_pixels"), "history": res.history})
+        "norm": manifest.get("norm", "linf"), "l0_pixels": manifest.get("l0_pixels"), **_failure(res),
+        "history": res.history})
     write_json(metrics, row)
     return row
 
@@ -299,7 +310,7 @@ def _attacker_cells(cell: Path, attackers, train, test, row: dict, victim_config
             continue
         log(f"{name}: attacker {a.label}")
         res = train_attacker(a, train, test, victim_config, seed=seed, prior=prior, desc=f"victim ({name})")
-        keep = {k: res.extra[k] for k in ("early_stopping", "prior") if k in res.extra}
+        keep = {k: res.extra[k] for k in ("early_stopping", "prior", "did_not_learn") if k in res.extra}
         if "robust_test_acc" in res.extra.get("at", {}):
             keep["robust_test_acc"] = res.extra["at"]["robust_test_acc"]
         if a.augment is not None:
@@ -343,7 +354,7 @@ def format_table(r: dict) -> str:
             "generation s", "victim s")
     c = r["clean"]
     ref = {e: next((row["mi"][e]["clean"] for row in r["attacks"].values() if e in row["mi"]), None) for e in ests}
-    rows = [("clean", f"{100 * c['test_acc']:.2f}%", _pct_best(c), "-",
+    rows = [("clean", _pct_final(c), _pct_best(c), "-",
              *["-" if ref[e] is None else f"{ref[e]:.4f} (reference)" for e in ests], "-", f"{c['victim_s']:.0f}")]
     for m in r["methods"]:
         if m in r["failed"]:
@@ -352,7 +363,7 @@ def format_table(r: dict) -> str:
         a = r["attacks"][m]
         name = m + (f" (L0 {a['l0_pixels']} px)" if a.get("norm") == "l0" else "")
         mi = [f"{a['mi'][e]['poisoned']:.4f} ({a['mi'][e]['gap']:.4f} +- {a['mi'][e]['se']:.4f})" for e in ests]
-        rows.append((name, f"{100 * a['test_acc']:.2f}%", _pct_best(a), f"{100 * a['acc_gap']:.2f} pts", *mi,
+        rows.append((name, _pct_final(a), _pct_best(a), f"{100 * a['acc_gap']:.2f} pts", *mi,
                      f"{a['generate_s']:.0f}", f"{a['victim_s']:.0f}"))
     g = r.get("mi_g", G_DESCRIPTIONS["clean"])  # results written before mi_model existed used the clean victim
     title = (f"{r['data']}: {r['subset']} training images, preset {r['preset']}, victim {r['victim']} "

@@ -20,7 +20,7 @@ import torch
 
 from ..data.augment import build_augment
 from ..models import build_model
-from ..progress import bar
+from ..progress import bar, log
 from ..runtime import make_generator, prepare_model, resolve_device, seed_everything
 from ..sharding import Sharding, world
 from . import standard
@@ -54,8 +54,12 @@ def train_victim_ddp(train, test, cfg, *, seed: int = 0, shards: int | None = No
             history.append({"epoch": epoch + 1, "loss": round(loss, 5), "train_acc": round(acc, 5),
                             "test_acc": round(test_acc, 5), "seconds": round(time.time() - t0, 2)})
     train_acc = evaluate_sharded(sh, model, tr, bf16=cfg.bf16, channels_last=cfg.channels_last)
+    failed = standard.did_not_learn(desc, cfg, train.labels, train_acc, history[-1]["loss"])
+    if failed and sh.writer:
+        log(f"warning: {failed}")
     return standard.TrainResult(test_acc=history[-1]["test_acc"], train_acc=train_acc, history=history,
-                                seconds=time.time() - t0, config={**asdict(cfg), "shards": sh.w}, model=model)
+                                seconds=time.time() - t0, config={**asdict(cfg), "shards": sh.w}, model=model,
+                                extra={"did_not_learn": failed} if failed else {})
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ The test set is never transformed. Protocols (``st`` here, ``at`` in
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 
@@ -237,11 +238,28 @@ def train_victim(train: ImageDataset, test: ImageDataset, cfg: VictimConfig, *, 
         extra["early_stopping"] = {"epoch": chosen["epoch"], "val_acc": chosen["val_acc"], "val_images": len(va),
                                    "test_images": len(te), "last_epoch_test_acc": history[-1]["test_acc"]}
     clean_train_acc = evaluate(model, tr, bf16=cfg.bf16, channels_last=cfg.channels_last)
+    failed = did_not_learn(desc, cfg, train.labels, clean_train_acc, history[-1]["loss"])
+    if failed:
+        log(f"warning: {failed}")
+        extra["did_not_learn"] = failed
     if defense_seconds:
         extra["defense_seconds"] = defense_seconds
     return TrainResult(test_acc=final["test_acc"], train_acc=clean_train_acc, history=history,
                        seconds=time.time() - t0, config=asdict(cfg), model=model, protocol=protocol,
                        defenses=[d.describe() for d in defenses], extra=extra)
+
+
+def did_not_learn(desc: str, cfg: VictimConfig, labels: np.ndarray, train_acc: float, loss: float) -> str | None:
+    """Why the victim learned nothing, or None: a non-finite loss, or training accuracy no
+    better than always answering the most frequent class. Its test accuracy is then chance
+    for a reason unrelated to the data, and a table would count it as protection (a LeNet-5
+    at the CNN's lr 0.1 collapses to chance on some seeds). Not an error: a one-epoch victim
+    on a handful of images can be there legitimately; the caller records it and warns."""
+    majority = float(np.bincount(labels).max()) / len(labels)
+    if math.isfinite(loss) and train_acc > majority + 0.01:
+        return None
+    return (f"{desc}: {cfg.model} did not learn (training accuracy {train_acc:.1%}, majority class {majority:.1%}, "
+            f"final loss {loss:g}): its test accuracy does not measure the data; lower the lr (now {cfg.lr:g})")
 
 
 @register_protocol("st")
