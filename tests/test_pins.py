@@ -17,7 +17,7 @@ PINS = {
     "poison-em": "f3fb399df10b245b90f3715b95659165d5fc98193634eb43b4ecddebe1ca656c",
     "poison-mi-ue": "f72dbb15b4686db08bb65df6956cf6518ee09770c5f06787fffc4c83cc2903a3",
     "protect": "6529f1bfd32ce78668f9308fac17ac9fab765b0f9e0d644fb0c5d39d3f4812ef",
-    "run": "7bb6e6b952f78cbcd3f60029068106711009f5d8fa40b8e9a46d2cd346faf243",
+    "run": "d9f1a3c285d096e85ae3322ab2ff6393066808f1bffa3edd93065efc4e26d54b",
     "train": "0cd16d5711d34ea91fe6614c32cacb2d6d7403adfacbb2ef395721202dc92954",
 }
 
