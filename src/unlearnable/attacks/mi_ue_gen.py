@@ -96,7 +96,7 @@ class MIUEGen(Attack):
         with bar(total=cfg.epochs * n_b, initial=run.start * n_b, desc=self.name, unit="batch") as pb:
             for epoch in range(run.start, cfg.epochs):
                 if restart and epoch and epoch % restart == 0:
-                    restart_source(run, seed * 100_003 + epoch, restart)
+                    restart_source(run, seed * 100_003 + epoch, restart)  # distinct per (seed, epoch)
                 sums = torch.zeros(3, device=device)
                 for idx in batches(len(data), cfg.batch_size, run.gen, device,
                                    stratify=data.y if cfg.balanced_batches else None):
