@@ -6,9 +6,11 @@ Issue 13 asks for 15 points of accuracy gap on 2-NN and 3-NN from the demo's poi
 asks whether *any* attack of the registry gets there on this data. For the clean training
 set of the compare (``OUT/clean`` is only the CNN's cell, so the set is rebuilt from the
 first attack's manifest: the subset of the comparison) and for every ``OUT/<attack>/poisoned``
-the bench trains each victim from scratch (the ``cpu`` preset with ``--epochs``, the
-schedule of ``configs/shallow.yaml``) and reports final-epoch and best-epoch clean test
-accuracy and the gap to the clean victim of the same model. The test set is only reported.
+the bench trains each victim from scratch (the ``cpu`` preset with the victim's options in
+``configs/shallow.yaml``, e.g. LeNet-5's smaller steps, and ``--epochs``) and reports
+final-epoch and best-epoch clean test accuracy and the gap to the clean victim of the same
+model. A victim that learned nothing (``train.standard.did_not_learn``) is reported as such,
+with no gap. The test set is only reported.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import argparse
 import json
 import time
 from pathlib import Path
+
+import yaml
 
 from unlearnable.data import load_dataset, read_poisoned
 from unlearnable.progress import set_quiet
@@ -44,16 +48,20 @@ def main(argv=None) -> None:
     test = load_dataset(first.manifest["data"]).test
     named = [("clean", first.clean)] + [(name, ps.poisoned) for name, ps in sets.items()]
     rows: dict[str, dict] = {}
+    recipes = yaml.safe_load((Path(__file__).parents[1] / "configs" / "shallow.yaml").read_text())["victims"]
     for victim in args.victims.split(","):
-        cfg = victim_preset("cpu", model=victim, epochs=args.epochs)
+        options = {k: v for k, v in recipes.get(victim, {}).get("options", {}).items() if k != "epochs"}
+        cfg = victim_preset("cpu", model=victim, epochs=args.epochs, **options)
         for name, train in named:
             res = train_victim(train, test, cfg, seed=args.seed, desc=f"{victim} ({name})")
             acc, ep = best_epoch(res.history)
             rows.setdefault(name, {})[victim] = {"test_acc": round(res.test_acc, 5), "train_acc": round(res.train_acc, 5),
-                                                 "best_acc": acc, "best_epoch": ep}
+                                                 "best_acc": acc, "best_epoch": ep,
+                                                 **{k: res.extra[k] for k in ("did_not_learn",) if k in res.extra}}
         for name in sets:
-            cell = rows[name][victim]
-            cell["acc_gap"] = round(rows["clean"][victim]["test_acc"] - cell["test_acc"], 5)
+            cell, clean = rows[name][victim], rows["clean"][victim]
+            failed = "did_not_learn" in cell or "did_not_learn" in clean
+            cell["acc_gap"] = None if failed else round(clean["test_acc"] - cell["test_acc"], 5)
     print(json.dumps({"bench": "shallow_victims", "compare_dir": str(args.compare_dir), "epochs": args.epochs,
                       "seed": args.seed, "train_size": len(first.clean), "test_size": len(test), "rows": rows,
                       "seconds": round(time.time() - t0, 1)}))
