@@ -20,9 +20,8 @@ import json
 import time
 from pathlib import Path
 
-import yaml
-
 from unlearnable.data import load_dataset, read_poisoned
+from unlearnable.experiments.config import VictimSpec, load_spec
 from unlearnable.progress import set_quiet
 from unlearnable.train import best_epoch, train_victim, victim_preset
 
@@ -48,16 +47,18 @@ def main(argv=None) -> None:
     test = load_dataset(first.manifest["data"]).test
     named = [("clean", first.clean)] + [(name, ps.poisoned) for name, ps in sets.items()]
     rows: dict[str, dict] = {}
-    recipes = yaml.safe_load((Path(__file__).parents[1] / "configs" / "shallow.yaml").read_text())["victims"]
+    recipes = load_spec(Path(__file__).parents[1] / "configs" / "shallow.yaml").victims
     for victim in args.victims.split(","):
-        options = {k: v for k, v in recipes.get(victim, {}).get("options", {}).items() if k != "epochs"}
-        cfg = victim_preset("cpu", model=victim, epochs=args.epochs, **options)
+        spec = recipes.get(victim, VictimSpec(victim, victim))
+        cfg = victim_preset(spec.preset, **{**spec.options, "model": spec.model, "epochs": args.epochs})
         for name, train in named:
             res = train_victim(train, test, cfg, seed=args.seed, desc=f"{victim} ({name})")
             acc, ep = best_epoch(res.history)
-            rows.setdefault(name, {})[victim] = {"test_acc": round(res.test_acc, 5), "train_acc": round(res.train_acc, 5),
-                                                 "best_acc": acc, "best_epoch": ep,
-                                                 **{k: res.extra[k] for k in ("did_not_learn",) if k in res.extra}}
+            cell = {"test_acc": round(res.test_acc, 5), "train_acc": round(res.train_acc, 5), "best_acc": acc,
+                    "best_epoch": ep}
+            if "did_not_learn" in res.extra:
+                cell["did_not_learn"] = res.extra["did_not_learn"]
+            rows.setdefault(name, {})[victim] = cell
         for name in sets:
             cell, clean = rows[name][victim], rows["clean"][victim]
             failed = "did_not_learn" in cell or "did_not_learn" in clean

@@ -173,13 +173,13 @@ def test_mi_ue_g_class_maps_keep_the_budget_and_change_the_poisons(tiny_npz):
 def test_source_restarts_reinitialise_the_source_and_resume_bit_identically(tiny_npz, tmp_path, monkeypatch):
     """``source_restart_epochs``: a fresh source model (and SGD cycle) at every multiple of it,
     drawn from a seed of its own, so a run resumed across a restart equals an uninterrupted one."""
-    from unlearnable.attacks import mi_ue_gen
+    from unlearnable.attacks.source import SourceRun
     train = load_dataset(tiny_npz).train
     over = dict(FAST, epochs=4, source_restart_epochs=2)
     full, resumed = crash_then_resume(lambda: get_attack("mi-ue-g")(**over), train, tmp_path, monkeypatch,
                                       crash_after=2)
     assert resumed.info["resumed_from_epoch"] == 2 and torch.equal(resumed.delta, full.delta)
-    real, calls = mi_ue_gen.restart_source, []
+    real, calls = SourceRun.restart_model, []
 
     def spy(run, seed, epochs):
         before = [p.detach().clone() for p in run.model.parameters()]
@@ -187,7 +187,7 @@ def test_source_restarts_reinitialise_the_source_and_resume_bit_identically(tiny
         calls.append((seed, epochs, any(not torch.equal(a, b) for a, b in zip(before, run.model.parameters())),
                       run.opt.param_groups[0]["lr"]))
 
-    monkeypatch.setattr(mi_ue_gen, "restart_source", spy)
+    monkeypatch.setattr(SourceRun, "restart_model", spy)
     get_attack("mi-ue-g")(**dict(FAST, epochs=5, source_restart_epochs=2)).generate(train, seed=3)
     assert [c[:3] for c in calls] == [(3 * 100_003 + 2, 2, True), (3 * 100_003 + 4, 2, True)]
     assert all(c[3] == FAST.get("lr", get_attack("mi-ue-g")().config.lr) for c in calls)

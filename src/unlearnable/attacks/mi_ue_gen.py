@@ -28,7 +28,7 @@ from ..data.augment import build_augment
 from ..errors import UnlearnableError
 from ..progress import bar
 from ..runtime import autocast, prepare_model, to_model_input
-from ..train.loops import batches, num_batches, sgd_cosine
+from ..train.loops import batches, num_batches
 from .base import Attack, AttackResult, ClassifierSourceConfig, register_attack
 from .gue import PerturbationGenerator, generator_poisons
 from .losses import mi_loss
@@ -96,7 +96,8 @@ class MIUEGen(Attack):
         with bar(total=cfg.epochs * n_b, initial=run.start * n_b, desc=self.name, unit="batch") as pb:
             for epoch in range(run.start, cfg.epochs):
                 if restart and epoch and epoch % restart == 0:
-                    restart_source(run, seed * 100_003 + epoch, restart)  # distinct per (seed, epoch)
+                    # a fresh source, as a victim's first epochs are; the seed is distinct per (seed, epoch)
+                    run.restart_model(seed * 100_003 + epoch, restart)
                 sums = torch.zeros(3, device=device)
                 for idx in batches(len(data), cfg.batch_size, run.gen, device,
                                    stratify=data.y if cfg.balanced_batches else None):
@@ -132,18 +133,4 @@ class MIUEGen(Attack):
         delta = generator_poisons(net, data, eps=cfg.eps, label_input=cfg.label_input,
                                   channels_last=cfg.channels_last, chunk=512)
         return AttackResult(delta=delta, info=run.info())
-
-
-def restart_source(run: SourceRun, seed: int, epochs: int) -> None:
-    """Re-initialise the source model (a fresh draw, seeded by ``seed`` so a resumed run
-    draws the same) with a fresh SGD and a cosine cycle of ``epochs``: the generator then
-    plays against a model early in its training, as a victim's first epochs are."""
-    cfg = run.cfg
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        for m in run.model.modules():
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
-    run.opt, run.sched = sgd_cosine(run.model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                    epochs=epochs, lr_min=cfg.lr_min)
 

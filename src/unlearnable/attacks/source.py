@@ -94,16 +94,10 @@ class SourceRun:
         self.gen = make_generator(seed)
         self.model = prepare_model(build_model(cfg.model, train.channels, train.num_classes, train.image_size[0]),
                                    device, cfg.channels_last)
-        if schedule == "cosine":
-            self.opt, self.sched = sgd_cosine(self.model, lr=cfg.lr, momentum=cfg.momentum,
-                                              weight_decay=cfg.weight_decay, epochs=schedule_epochs,
-                                              lr_min=cfg.lr_min)
-        elif schedule == "constant":
-            self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                       weight_decay=cfg.weight_decay)
-            self.sched = None
-        else:
+        if schedule not in ("cosine", "constant"):
             raise ValueError(f"unknown schedule {schedule!r}")
+        self.schedule = schedule
+        self.new_optimizer(schedule_epochs)
         self.data = TensorData.from_dataset(train, device)
         self.num_classes = train.num_classes
         self.classwise = classwise
@@ -128,6 +122,29 @@ class SourceRun:
         self.sharding = sharding_for(cfg)
         if self.sharding is not None and not self.sharding.writer:
             self.record.ckpt = None  # rank 0 writes the checkpoint; the others only read it on resume
+
+    def new_optimizer(self, schedule_epochs: int) -> None:
+        """A fresh SGD (momentum, weight decay) for the model: cosine-annealed over
+        ``schedule_epochs`` scheduler steps, or at a constant rate."""
+        cfg = self.cfg
+        if self.schedule == "cosine":
+            self.opt, self.sched = sgd_cosine(self.model, lr=cfg.lr, momentum=cfg.momentum,
+                                              weight_decay=cfg.weight_decay, epochs=schedule_epochs,
+                                              lr_min=cfg.lr_min)
+        else:
+            self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                       weight_decay=cfg.weight_decay)
+            self.sched = None
+
+    def restart_model(self, seed: int, schedule_epochs: int) -> None:
+        """Re-initialise the model (a fresh draw seeded by ``seed``, so a resumed run draws
+        the same) and give it a fresh optimiser and schedule."""
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            for m in self.model.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+        self.new_optimizer(schedule_epochs)
 
     # -- bookkeeping ---------------------------------------------------------------
     def seconds(self) -> float:
