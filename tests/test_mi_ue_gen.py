@@ -193,3 +193,31 @@ def test_source_restarts_reinitialise_the_source_and_resume_bit_identically(tiny
     assert all(c[3] == FAST.get("lr", get_attack("mi-ue-g")().config.lr) for c in calls)
     with pytest.raises(UnlearnableError, match="source_restart_epochs"):
         get_attack("mi-ue-g")(source_restart_epochs=-1)
+
+
+def test_gen_ema_writes_the_poisons_from_the_averaged_generator_and_resumes(tiny_npz, tmp_path, monkeypatch):
+    """``gen_ema``: the poisons come from an exponential moving average of the generator's
+    weights (a different delta within the budget), and the average survives a resume."""
+    train = load_dataset(tiny_npz).train
+    over = dict(FAST, epochs=3, gen_ema=0.9)
+    full, resumed = crash_then_resume(lambda: get_attack("mi-ue-g")(**over), train, tmp_path, monkeypatch)
+    assert resumed.info["resumed_from_epoch"] == 2 and torch.equal(resumed.delta, full.delta)
+    plain = get_attack("mi-ue-g")(**dict(FAST, epochs=3)).generate(train, seed=0).delta
+    eps = get_attack("mi-ue-g")(**FAST).config.eps
+    assert not torch.equal(full.delta, plain) and 0 < full.delta.abs().max() <= eps + 1e-6
+    with pytest.raises(UnlearnableError, match="gen_ema"):
+        get_attack("mi-ue-g")(gen_ema=1.0)
+
+
+def test_gen_steps_takes_that_many_generator_steps_per_source_step(tiny_npz, monkeypatch):
+    from unlearnable.attacks import mi_ue_gen
+    train = load_dataset(tiny_npz).train
+    calls = []
+    real = mi_ue_gen.mi_loss
+    monkeypatch.setattr(mi_ue_gen, "mi_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
+    one = get_attack("mi-ue-g")(**FAST).generate(train, seed=0).delta
+    n_one = len(calls)
+    two = get_attack("mi-ue-g")(**FAST, gen_steps=2).generate(train, seed=0).delta
+    assert len(calls) - n_one == 2 * n_one and not torch.equal(one, two)
+    with pytest.raises(UnlearnableError, match="gen_steps"):
+        get_attack("mi-ue-g")(gen_steps=0)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..data.augment import build_augment
 from ..errors import UnlearnableError
@@ -50,6 +51,8 @@ class MIUEGenConfig(ClassifierSourceConfig):
     distance_scale: str = "none"
     source_restart_epochs: int = 0  # > 0: a freshly initialised source model every that many epochs
     balanced_batches: bool = False  # every batch holds each class in proportion (the ablation, docs/mi-ue.md)
+    gen_steps: int = 1  # generator Adam steps per source step, each on the same batch
+    gen_ema: float = 0.0  # > 0: the poisons come from an exponential moving average of the generator, this decay
     train_augment: str = "none"
     crop_padding: int = 2
 
@@ -61,6 +64,9 @@ class MIUEGenConfig(ClassifierSourceConfig):
             raise UnlearnableError(f"mi-ue-g: distance_scale must be 'none' or 'dim', got {self.distance_scale!r}")
         if self.source_restart_epochs < 0:
             raise UnlearnableError(f"mi-ue-g: source_restart_epochs must be >= 0, got {self.source_restart_epochs}")
+        if self.gen_steps < 1 or not 0 <= self.gen_ema < 1:
+            raise UnlearnableError(f"mi-ue-g: gen_steps must be >= 1 and gen_ema in [0, 1), "
+                                   f"got {self.gen_steps} and {self.gen_ema}")
         if self.class_maps and not self.label_input:
             raise UnlearnableError("mi-ue-g: class_maps needs label_input")
 
@@ -83,9 +89,14 @@ class MIUEGen(Attack):
                             device, cfg.channels_last)
         gen_params = list(net.parameters())
         opt_gen = torch.optim.Adam(gen_params, lr=cfg.gen_lr)
+        # The averaged copy writes the poisons; it is what the last steps of Adam at a high rate
+        # jitter around (BatchNorm's running statistics averaged with the weights).
+        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.gen_ema), use_buffers=True) if cfg.gen_ema else None
         if run.start:
             net.load_state_dict(run.extra["generator"])
             opt_gen.load_state_dict(run.extra["opt_generator"])
+            if ema is not None:
+                ema.load_state_dict(run.extra["generator_ema"])
         augment = build_augment(cfg.train_augment, cfg.crop_padding)
         dist_scale = 1.0 / model.feature_dim if cfg.distance_scale == "dim" else 1.0
 
@@ -113,14 +124,19 @@ class MIUEGen(Attack):
                     run.opt.zero_grad(set_to_none=True)
                     ce.backward()
                     run.opt.step()
-                    # Generator: one step on L_mi of the source features (min over delta).
+                    # Generator: gen_steps steps on L_mi of the source features (min over delta).
                     model.eval()
-                    with autocast(device, cfg.bf16):
-                        z = model.features(to_model_input(xp, cfg.channels_last))
-                    mi = mi_loss(z.float(), y, tau=cfg.tau, zeta=cfg.zeta, distance_scale=dist_scale)
-                    opt_gen.zero_grad(set_to_none=True)
-                    mi.backward(inputs=gen_params)  # no weight gradients for the source model: it is not updated here
-                    opt_gen.step()
+                    for step in range(cfg.gen_steps):
+                        if step:
+                            xp = poison(x, y)
+                        with autocast(device, cfg.bf16):
+                            z = model.features(to_model_input(xp, cfg.channels_last))
+                        mi = mi_loss(z.float(), y, tau=cfg.tau, zeta=cfg.zeta, distance_scale=dist_scale)
+                        opt_gen.zero_grad(set_to_none=True)
+                        mi.backward(inputs=gen_params)  # no weight gradients for the source: it is not updated here
+                        opt_gen.step()
+                        if ema is not None:
+                            ema.update_parameters(net)
                     sums += torch.stack([ce.detach() * len(y), mi.detach() * len(y),
                                          (logits.detach().argmax(1) == y).sum().float()])
                     pb.update()
@@ -129,8 +145,9 @@ class MIUEGen(Attack):
                 run.history.append({"epoch": epoch + 1, "source_ce": round(ce_m, 5), "source_train_acc": round(acc, 5),
                                     "mi_loss": round(mi_m, 5), "seconds": run.seconds()})
                 pb.set_postfix(acc=f"{acc:.3f}", mi=f"{mi_m:.3f}")
-                run.save(epoch + 1, generator=net.state_dict(), opt_generator=opt_gen.state_dict())
-        delta = generator_poisons(net, data, eps=cfg.eps, label_input=cfg.label_input,
+                run.save(epoch + 1, generator=net.state_dict(), opt_generator=opt_gen.state_dict(),
+                         **({} if ema is None else {"generator_ema": ema.state_dict()}))
+        delta = generator_poisons(net if ema is None else ema.module, data, eps=cfg.eps, label_input=cfg.label_input,
                                   channels_last=cfg.channels_last, chunk=512)
         return AttackResult(delta=delta, info=run.info())
 
