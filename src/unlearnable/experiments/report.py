@@ -59,6 +59,11 @@ class Table:
             return "-"
         return (m * scale, s * scale if not math.isnan(s) else math.nan, n, digits)
 
+    def acc(self, view: RunView, attack: str, kw: dict, gap: bool = False):
+        """A victim's test accuracy (%) over seeds, or with ``gap`` its paired gap to clean."""
+        return self.cell(view, (view.gap if gap else view.values)("victim", attack, test_acc_of, **kw),
+                         view.unavailable("victim", attack, **kw), PCT)
+
     @staticmethod
     def fmt(c) -> str:
         if isinstance(c, str):
@@ -121,10 +126,9 @@ def table1(view: RunView, summary: dict) -> Table:
     t = Table(f"Table 1: test accuracy (%) and MI for victim {v} ({p}), per attack", "", ["clean"] + view.plain[1:])
     row = []
     for a in view.plain:
-        row.append(t.cell(view, view.values("victim", a, test_acc_of, **kw), view.unavailable("victim", a, **kw), PCT))
+        row.append(t.acc(view, a, kw))
     t.add("Test Acc (%)", row)
-    t.add("Acc Gap (%)", ["-"] + [t.cell(view, view.gap("victim", a, test_acc_of, **kw), view.unavailable("victim", a, **kw),
-                                         PCT) for a in view.plain[1:]])
+    t.add("Acc Gap (%)", ["-"] + [t.acc(view, a, kw, gap=True) for a in view.plain[1:]])
     spear = {}
     acc_gaps = [mean_std(view.gap("victim", a, test_acc_of, **kw))[0] for a in view.plain[1:]]
     for est in view.estimators:
@@ -166,8 +170,7 @@ def _grid(view, title, rows, cols, getter, corner="") -> Table:
                 cells.append("")
                 continue
             attack, kw = grid[i][j]
-            cells.append(t.cell(view, view.values("victim", attack, test_acc_of, **kw),
-                                view.unavailable("victim", attack, **kw), PCT))
+            cells.append(t.acc(view, attack, kw))
         t.add(rows[i][0], cells)
     return t
 
@@ -244,8 +247,7 @@ def table_worst(view: RunView) -> Table | None:
     for a, cells in rows:
         label = max(cells, key=lambda k: cells[k][3])  # the first planned on ties
         victim, protocol, defense, _ = cells[label]
-        vals = view.values("victim", a, test_acc_of, victim=victim, protocol=protocol, defense=defense)
-        t.add(a, [str(len(cells)), t.cell(view, vals, None, PCT), label])
+        t.add(a, [str(len(cells)), t.acc(view, a, {"victim": victim, "protocol": protocol, "defense": defense}), label])
     t.notes.append("mean over seeds per cell; the cell with the highest mean is named")
     return t
 
@@ -259,11 +261,9 @@ def table13(view: RunView) -> Table | None:
     t = Table(f"Table 13: accuracy (%) and MI [{est}] by victim depth ({p})", "", vs)
     for a in view.plain:
         kws = [{"victim": v, "protocol": p, "defense": "none"} for v in vs]
-        t.add(f"{a} Acc (%)", [t.cell(view, view.values("victim", a, test_acc_of, **kw), view.unavailable("victim", a, **kw),
-                                      PCT) for kw in kws])
+        t.add(f"{a} Acc (%)", [t.acc(view, a, kw) for kw in kws])
         if a != "clean":
-            t.add(f"{a} Acc Gap (%)", [t.cell(view, view.gap("victim", a, test_acc_of, **kw),
-                                              view.unavailable("victim", a, **kw), PCT) for kw in kws])
+            t.add(f"{a} Acc Gap (%)", [t.acc(view, a, kw, gap=True) for kw in kws])
         if est in view.estimators:
             t.add(f"{a} MI", [t.cell(view, view.values("mi", a, "mean", **kw, estimator=est),
                                      view.unavailable("mi", a, **kw, estimator=est), 1, 4) for kw in kws])
