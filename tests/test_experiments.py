@@ -241,6 +241,14 @@ def test_report_tables_and_figures(tiny_run):
     row = next(r for r in worst[1:] if r[0] == "mi-ue")
     assert row[1] == str(len(by_cell)) and row[7] == label
     assert float(row[4]) == pytest.approx(100 * np.mean(by_cell[label]), abs=1e-3)
+    # cells.csv names the seeds whose victim learned nothing, as the records say
+    failed = {}
+    for r in _records(run_dir).values():
+        if r["kind"] == "victim" and r.get("did_not_learn"):
+            failed.setdefault((r["attack"], r["victim"], r["protocol"], r["defense"]), []).append(str(r["seed"]))
+    cells = list(__import__("csv").DictReader((out / "cells.csv").read_text().splitlines()))
+    assert {(c["attack"], c["victim"], c["protocol"], c["defense"]): c["did_not_learn_seeds"].split()
+            for c in cells if c["did_not_learn_seeds"]} == {k: sorted(v) for k, v in failed.items()}
 
 
 def test_kill_9_then_rerun_continues_without_recomputing(tiny_run, tmp_path):
@@ -339,3 +347,36 @@ def test_undefined_spearman_is_null_not_nan():
     assert short["rho"] is None and short["n"] == 1 and "fewer than 3" in _fmt_rho(short)
     json.dumps([const, short], allow_nan=False)
     assert _spearman([0.1, 0.2, 0.3, 0.4], [1.0, 2.0, 3.0, 5.0])["rho"] == pytest.approx(1.0)
+
+
+def test_report_marks_cells_whose_victim_learned_nothing():
+    """A victim that learned nothing (chance accuracy) is marked in the accuracy cell and in
+    its gap (also when the clean victim is the one that failed), named in a note, and
+    listed in cells.csv: a table must not read it as protection."""
+    from unlearnable.experiments.report import Table
+
+    class View:
+        recs = {"clean": {0: {"test_acc": 0.9}, 1: {"test_acc": 0.1, "did_not_learn": "why"}},
+                "a": {0: {"test_acc": 0.1, "did_not_learn": "why"}, 1: {"test_acc": 0.3}}, "b": {0: {"test_acc": 0.5}}}
+
+        def values(self, kind, attack, field, **kw):
+            return {s: field(r) for s, r in self.recs[attack].items()}
+
+        def gap(self, kind, attack, field, **kw):
+            a, c = self.values(kind, attack, field), self.values(kind, "clean", field)
+            return {s: c[s] - a[s] for s in a if s in c}
+
+        def unavailable(self, kind, attack, **kw):
+            return None
+
+        def did_not_learn(self, attack, **kw):
+            return sorted(s for s, r in self.recs[attack].items() if r.get("did_not_learn"))
+
+    t, kw = Table("t", "", ["x"]), {"victim": "cnn"}
+    view = View()
+    assert t.fmt(t.acc(view, "a", kw)) == "20.00 ± 14.14 †" and t.fmt(t.acc(view, "b", kw)) == "50.00"
+    assert t.fmt(t.acc(view, "b", kw, gap=True)).endswith(" †")  # the clean victim of seed 1 failed
+    assert t.notes == ["† the victim did not learn (chance, not protection): a, victim cnn, seed 0",
+                       "† the victim did not learn (chance, not protection): clean, victim cnn, seed 1"]
+    t.add("row", [t.acc(view, "a", kw)])
+    assert "† the victim did not learn" in t.markdown() and "†" not in t.csv()

@@ -43,7 +43,7 @@ class Table:
 
     def __init__(self, title: str, corner: str, columns: list[str]):
         self.title, self.corner, self.columns = title, corner, columns
-        self.rows: list[tuple[str, list]] = []  # (row label, [(mean, std, n, note) | str])
+        self.rows: list[tuple[str, list]] = []  # (row label, [(mean, std, n, digits[, mark]) | str])
         self.notes: list[str] = []
         self.reasons: dict[str, int] = {}
 
@@ -60,16 +60,28 @@ class Table:
         return (m * scale, s * scale if not math.isnan(s) else math.nan, n, digits)
 
     def acc(self, view: RunView, attack: str, kw: dict, gap: bool = False):
-        """A victim's test accuracy (%) over seeds, or with ``gap`` its paired gap to clean."""
-        return self.cell(view, (view.gap if gap else view.values)("victim", attack, test_acc_of, **kw),
-                         view.unavailable("victim", attack, **kw), PCT)
+        """A victim's test accuracy (%) over seeds, or with ``gap`` its paired gap to clean;
+        marked with a dagger, and named in a note, when a victim in it learned nothing (its
+        accuracy is chance for a reason unrelated to the data, not protection)."""
+        c = self.cell(view, (view.gap if gap else view.values)("victim", attack, test_acc_of, **kw),
+                      view.unavailable("victim", attack, **kw), PCT)
+        failed = [(a, s) for a in dict.fromkeys([attack] + (["clean"] if gap else []))
+                  for s in view.did_not_learn(a, **kw)]
+        if not failed or isinstance(c, str):
+            return c
+        for a, s in failed:
+            where = ", ".join(f"{k} {v}" for k, v in kw.items())
+            note = f"† the victim did not learn (chance, not protection): {a}, {where}, seed {s}"
+            if note not in self.notes:
+                self.notes.append(note)
+        return (*c, " †")
 
     @staticmethod
     def fmt(c) -> str:
         if isinstance(c, str):
             return c
-        m, s, n, digits = c
-        return f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if not math.isnan(s) else "")
+        m, s, n, digits, *mark = c
+        return f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if not math.isnan(s) else "") + "".join(mark)
 
     def empty(self) -> bool:
         return all(all(isinstance(c, str) and c in ("-", "unavailable") for c in cells) for _, cells in self.rows)
@@ -96,7 +108,7 @@ class Table:
                 if isinstance(c, str):
                     row += [c, "", ""]
                 else:
-                    m, s, n, digits = c
+                    m, s, n, digits = c[:4]
                     row += [round(m, digits + 2), "" if math.isnan(s) else round(s, digits + 2), n]
             w.writerow(row)
         return buf.getvalue()
@@ -365,7 +377,7 @@ def cells_csv(view: RunView) -> str:
     head = ["attack", "victim", "protocol", "defense", "seeds", "test_acc", "test_acc_std", "acc_gap", "acc_gap_std"]
     for est in view.estimators:
         head += [f"mi_{est}", f"mi_{est}_std", f"mi_gap_{est}", f"mi_gap_{est}_std"]
-    head += ["unavailable"]
+    head += ["unavailable", "did_not_learn_seeds"]
     w.writerow(head)
     coords = dict.fromkeys((t["cell"]["attack"], t["cell"]["victim"], t["cell"]["protocol"], t["cell"]["defense"])
                            for t in view.tasks if t["kind"] == "victim")
@@ -379,7 +391,7 @@ def cells_csv(view: RunView) -> str:
             mm, ms, _ = mean_std(view.values("mi", a, "mean", **kw, estimator=est))
             gm2, gs2, _ = mean_std(view.gap("mi", a, "mean", **kw, estimator=est)) if a != "clean" else (math.nan,) * 3
             row += [r4(mm), r4(ms), r4(gm2), r4(gs2)]
-        row.append(view.unavailable("victim", a, **kw) or "")
+        row += [view.unavailable("victim", a, **kw) or "", " ".join(map(str, view.did_not_learn(a, **kw)))]
         w.writerow(row)
     return buf.getvalue()
 

@@ -69,6 +69,11 @@ class RunView:
                 out[seed] = float(v)
         return out
 
+    def did_not_learn(self, attack, **kw) -> list:
+        """The seeds whose victim in this cell learned nothing (train.standard.did_not_learn)."""
+        s = self.slot("victim", attack, **kw)
+        return sorted(seed for seed, rec in s["seeds"].items() if rec.get("did_not_learn")) if s else []
+
     def unavailable(self, kind, attack, **kw) -> str | None:
         s = self.slot(kind, attack, **kw)
         return s["unavailable"] if s else None
