@@ -45,7 +45,7 @@ from ..train import best_epoch, train_victim, victim_preset
 from ..train.pretrain import save_prior
 from ..train.standard import preset_name
 from .attackers import needs_prior, parse_attackers, train_attacker, worst_case
-from .markdown import table_lines
+from .markdown import final_acc_cell, table_lines
 
 # The paper's column order (Table 1), then the APBench extras and anything registered later.
 PAPER_ORDER = ["random", "em", "em-class", "ap", "ap-untargeted", "ntga", "ar", "lsp", "ops", "rem", "sem", "entf",
@@ -219,8 +219,7 @@ def _failure(res) -> dict:
 
 
 def _pct_final(row: dict) -> str:
-    """The final-epoch accuracy, marked when the victim learned nothing (chance, not protection)."""
-    return f"{100 * row['test_acc']:.2f}%" + (" (victim did not learn)" if row.get("did_not_learn") else "")
+    return final_acc_cell(row["test_acc"], row.get("did_not_learn"))
 
 
 def _clean_cell(cell: Path, splits: DataSplits, vcfg, seed: int):

@@ -10,3 +10,9 @@ def table_lines(head, rows) -> list[str]:
     w = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
     line = lambda r: "| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(r)) + " |"  # noqa: E731
     return [line(cells[0]), "|" + "|".join("-" * (x + 2) for x in w) + "|", *map(line, cells[1:])]
+
+
+def final_acc_cell(acc: float, did_not_learn) -> str:
+    """A victim's final-epoch accuracy, marked when it learned nothing (chance, not protection;
+    ``did_not_learn`` is train.standard.did_not_learn's reason or a falsy value)."""
+    return f"{100 * acc:.2f}%" + (" (victim did not learn)" if did_not_learn else "")
