@@ -28,6 +28,12 @@ def test_demo_writes_results_contract(tiny_npz, tmp_path, capsys):
     for side in ("clean", "poisoned"):
         assert r[f"{side}_best_epoch"] == 1 and r[f"{side}_best_acc"] == r[f"{side}_acc"]  # one epoch
     assert "test acc (final)" in out and "best epoch" in out and "(ep 1)" in out
+    # a victim that learned nothing is recorded and marked, not read as protection
+    flagged = {side: r[f"{side}_did_not_learn"] for side in ("clean", "poisoned")}
+    assert ("(victim did not learn)" in out) == any(flagged.values())
+    marked = demo.format_table(dict(r, clean_did_not_learn=None, poisoned_did_not_learn="why")).splitlines()
+    assert [line.split("|")[1].strip() for line in marked if "(victim did not learn)" in line] == [
+        f"mi-ue (eps 8/255, L-inf written {r['linf_255']}/255)"]
 
 
 def test_demo_default_method_is_mi_ue_g(tiny_npz, tmp_path, capsys):
