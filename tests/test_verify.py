@@ -130,3 +130,35 @@ def test_verdict_wording_is_modest():
     noisy = verdict(_report(0.9, 0.75, 12))  # 15 points, but within two standard errors
     assert "no clear effect" in noisy
     assert verdict(_report(1.0, 0.0, 5)).startswith("Too few held-out images (5)")
+
+
+def test_a_victim_that_learned_nothing_is_not_counted_as_protection(tiny, monkeypatch):
+    """A protected-trained victim that learned nothing scores chance on the held-out images:
+    the verdict claims no effect from it and says why; the table marks it. verify_folder
+    counts the folds where train_victim flagged a victim."""
+    from unlearnable.protect import verify
+    rep = _report(0.9, 0.1, 200)
+    assert "suggests the protection works" in verdict(rep)
+    rep["results"]["none"]["protected"]["did_not_learn_folds"] = 1
+    said = verdict(rep)
+    assert "no clear effect" in said and "suggests" not in said and "\n" not in said
+    assert "a victim did not learn at all with plain training (chance accuracy" in said
+    for v in ("clean", "protected"):
+        rep["results"]["none"][v]["other_classes"] = None
+    rep.update(images=200, classes=["a"], split={"held_out_images": 200}, reference={"spec": "r", "train_images": 0},
+               mi_gap={}, verdict=said)
+    table = verify.format_report(rep).splitlines()
+    assert [line.split()[:2] for line in table if "(victim did not learn: 1 fold(s))" in line] == [["none", "protected"]]
+    real = verify.train_victim
+
+    def protected_fails(*a, **k):
+        res = real(*a, **k)
+        if k["desc"].startswith("protected/"):
+            res.extra["did_not_learn"] = "flagged"
+        return res
+
+    monkeypatch.setattr(verify, "train_victim", protected_fails)
+    src, prot, _ = tiny
+    full = verify.verify_folder(src, prot, epochs=1, device="cpu", mi=False, attackers=False)
+    assert {c: (r["clean"]["did_not_learn_folds"], r["protected"]["did_not_learn_folds"])
+            for c, r in full["results"].items()} == {"none": (0, 1), "jpeg20": (0, 1), "grayscale": (0, 1)}

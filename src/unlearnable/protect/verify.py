@@ -201,6 +201,7 @@ def _fold(fold, masks, test_mask, views, labels, ref, ref_test, k_user, all_name
             c["user"][1] += int(user.sum())
             c["other"][0] += int((pred[~user] == test_y[~user]).sum())
             c["other"][1] += int((~user).sum())
+            c["did_not_learn"] += bool(res.extra.get("did_not_learn"))
             if mi and mi_report is None and cond == "none" and version == "clean":
                 mi_report = _mi_gap(res.model, views["clean"][tr], views["protected"][tr], labels[tr], seed)
     return mi_report
@@ -274,7 +275,8 @@ def verify_folder(in_dir, out_dir, *, reference: str | None = None, out=None, ho
     all_names = [f"user:{n}" for n in names] + [f"reference:{n}" for n in ref.train.class_names]
     cfg = victim_preset("cpu", model=model, epochs=epochs, device=device)
     masks = _splits(labels, holdout, folds, seed)
-    counts = {c: {v: {"user": [0, 0], "other": [0, 0]} for v in ("clean", "protected")} for c in conditions}
+    counts = {c: {v: {"user": [0, 0], "other": [0, 0], "did_not_learn": 0} for v in ("clean", "protected")}
+              for c in conditions}
     mi_report = {"skipped": "disabled"} if not mi else None
     workdir = Path(tempfile.mkdtemp(prefix="unlearnable-verify-"))
     try:
@@ -291,7 +293,8 @@ def verify_folder(in_dir, out_dir, *, reference: str | None = None, out=None, ho
     results = {}
     for cond, by_version in counts.items():
         r = {v: {"protected_classes": _acc(*c["user"]),
-                 "other_classes": _acc(*c["other"]) if c["other"][1] else None} for v, c in by_version.items()}
+                 "other_classes": _acc(*c["other"]) if c["other"][1] else None,
+                 "did_not_learn_folds": c["did_not_learn"]} for v, c in by_version.items()}
         a, b = r["clean"]["protected_classes"], r["protected"]["protected_classes"]
         r["gap_pts"] = round(100 * (a["acc"] - b["acc"]), 2)
         r["gap_se_pts"] = round(100 * math.hypot(a["se"], b["se"]), 2)
@@ -319,16 +322,23 @@ def verify_folder(in_dir, out_dir, *, reference: str | None = None, out=None, ho
     return report
 
 
-_LABELS = {"early-stop": "early stopping", "prior-finetune": "fine-tuning a prior"}
+_LABELS = {"none": "plain training", "early-stop": "early stopping", "prior-finetune": "fine-tuning a prior"}
 
 
 def _label(condition: str) -> str:
     return f"JPEG q{condition[4:]}" if condition.startswith("jpeg") else _LABELS.get(condition, condition)
 
 
+def _failed(r: dict) -> bool:
+    """A victim of this condition learned nothing (train.standard.did_not_learn) in some fold:
+    its accuracy is chance for a reason unrelated to the images."""
+    return any(r[v].get("did_not_learn_folds") for v in ("clean", "protected"))
+
+
 def _holds(r: dict) -> bool:
-    """A drop worth reporting: at least 10 points and twice its standard error."""
-    return r["gap_pts"] >= 10 and r["gap_pts"] >= 2 * r["gap_se_pts"]
+    """A drop worth reporting: at least 10 points and twice its standard error, between
+    victims that both learned."""
+    return r["gap_pts"] >= 10 and r["gap_pts"] >= 2 * r["gap_se_pts"] and not _failed(r)
 
 
 def verdict(report: dict) -> str:
@@ -346,6 +356,10 @@ def verdict(report: dict) -> str:
     extra = "".join(f"; after {_label(c)}: {x['clean']['protected_classes']['acc']:.0%} -> "
                     f"{x['protected']['protected_classes']['acc']:.0%}"
                     for c, x in results.items() if c != "none")
+    failed = [_label(c) for c, x in results.items() if _failed(x)]
+    if failed:
+        extra += (f"; a victim did not learn at all with {', '.join(failed)} (chance accuracy, not the "
+                  f"protection's doing, so no effect is claimed from it)")
     worst = max(results, key=lambda c: results[c]["protected"]["protected_classes"]["acc"])  # "none" first on ties
     w = results[worst]
     if _holds(r) and _holds(w):
@@ -376,8 +390,9 @@ def format_report(report: dict) -> str:
         for v in ("clean", "protected"):
             u, o = r[v]["protected_classes"], r[v]["other_classes"]
             gap = f"{r['gap_pts']:.1f} +- {r['gap_se_pts']:.1f}" if v == "protected" else ""
+            failed = r[v].get("did_not_learn_folds")
             lines.append(f"{cond:<14} {v:<10} {u['acc']:>12.1%} {'' if o is None else format(o['acc'], '.1%'):>14} "
-                         f"{gap:>14}")
+                         f"{gap:>14}" + (f"  (victim did not learn: {failed} fold(s))" if failed else ""))
     m = report.get("mi_gap") or {}
     if "gap" in m:
         lines.append(f"MI gap (sliced KSG, clean victim, n={m['n']}): {m['gap']:.4f} nats "
