@@ -73,3 +73,19 @@ def test_ddp_two_gloo_ranks_equal_one_process_with_two_shards(tmp_path, one_thre
     strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
     assert strip(got["history"]) == strip(ref.history)
     assert got["train_acc"] == ref.train_acc
+
+
+def test_sharded_victim_that_learned_nothing_is_flagged(monkeypatch):
+    """The DDP path flags a collapsed victim as train_victim does (one warning, written by
+    the writer rank), and leaves a victim that learned unflagged."""
+    from unlearnable.train import ddp
+    train, test = _data()
+    logged = []
+    monkeypatch.setattr(ddp, "log", logged.append)
+    ok = train_victim_ddp(train, test, victim_preset("cpu", model="cnn-small", epochs=3, batch_size=32, lr=0.05,
+                                                     device="cpu"), seed=0, shards=2)
+    assert "did_not_learn" not in ok.extra and not logged
+    blown = train_victim_ddp(train, test, victim_preset("cpu", model="cnn-small", epochs=2, batch_size=32, lr=1e8,
+                                                        device="cpu"), seed=0, shards=2, desc="victim (d)")
+    assert blown.extra["did_not_learn"].startswith("victim (d): cnn-small did not learn")
+    assert logged == [f"warning: {blown.extra['did_not_learn']}"] and blown.metrics()["did_not_learn"]
