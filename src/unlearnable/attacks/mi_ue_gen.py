@@ -91,7 +91,8 @@ class MIUEGen(Attack):
         opt_gen = torch.optim.Adam(gen_params, lr=cfg.gen_lr)
         # The averaged copy writes the poisons; it is what the last steps of Adam at a high rate
         # jitter around (BatchNorm's running statistics averaged with the weights).
-        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.gen_ema), use_buffers=True) if cfg.gen_ema else None
+        ema = (AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.gen_ema), use_buffers=True)
+               if cfg.gen_ema else None)
         if run.start:
             net.load_state_dict(run.extra["generator"])
             opt_gen.load_state_dict(run.extra["opt_generator"])

@@ -74,7 +74,8 @@ def run_demo(out: str | Path, *, data: str = "fashion-mnist", subset: int = 5000
         "poisoned_best_acc": pois_best, "poisoned_best_epoch": pois_best_ep,
         "poisoned_train_acc": pois.train_acc,
         # a victim that learned nothing (train.standard.did_not_learn) is chance, not protection
-        "clean_did_not_learn": clean.extra.get("did_not_learn"), "poisoned_did_not_learn": pois.extra.get("did_not_learn"),
+        "clean_did_not_learn": clean.extra.get("did_not_learn"),
+        "poisoned_did_not_learn": pois.extra.get("did_not_learn"),
         "mi_model": mi_model, "mi_g": G_DESCRIPTIONS[mi_model], "mi": mi,
         "times": {"generate_s": manifest["timings"]["generate_s"], "victim_clean_s": round(clean.seconds, 2),
                   "victim_poisoned_s": round(pois.seconds, 2)},
@@ -94,10 +95,11 @@ def format_table(r: dict) -> str:
         return "-" if acc is None else f"{100 * acc:.2f}% (ep {ep})"
     rows = [
         ("training data", "test acc (final)", "best epoch", "gap", "time"),
-        ("clean", final_acc_cell(r["clean_acc"], r.get("clean_did_not_learn")), best("clean"), "-", f"{r['times']['victim_clean_s']:.0f} s"),
+        ("clean", final_acc_cell(r["clean_acc"], r.get("clean_did_not_learn")), best("clean"), "-",
+         f"{r['times']['victim_clean_s']:.0f} s"),
         (f"{r['method']} (eps {r['eps_255']:g}/255, L-inf written {r['linf_255']}/255)",
-         final_acc_cell(r["poisoned_acc"], r.get("poisoned_did_not_learn")), best("poisoned"), f"{100 * r['acc_gap']:.2f} pts",
-         f"{r['times']['generate_s']:.0f} s gen + {r['times']['victim_poisoned_s']:.0f} s"),
+         final_acc_cell(r["poisoned_acc"], r.get("poisoned_did_not_learn")), best("poisoned"),
+         f"{100 * r['acc_gap']:.2f} pts", f"{r['times']['generate_s']:.0f} s gen + {r['times']['victim_poisoned_s']:.0f} s"),
     ]
     head = (f"{r['data']}: {r['subset']} training images, victim {r['victim']} ({r['victim_epochs']} epochs), "
             f"accuracy on the full {r['test_size']}-image clean test set")

@@ -69,8 +69,8 @@ class Table:
                   for s in view.did_not_learn(a, **kw)]
         if not failed or isinstance(c, str):
             return c
+        where = ", ".join(f"{k} {v}" for k, v in kw.items())
         for a, s in failed:
-            where = ", ".join(f"{k} {v}" for k, v in kw.items())
             note = f"† the victim did not learn (chance, not protection): {a}, {where}, seed {s}"
             if note not in self.notes:
                 self.notes.append(note)
