@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fsutil import atomic_path
-from .run_view import PCT, RunView, depth_sorted, mean_std, ratio_series, test_acc_of
+from .run_view import PCT, RunView, depth_sorted, mean_std, ratio_kw, ratio_series, test_acc_of
 
 
 def _plt():
@@ -230,8 +230,10 @@ def fig_ratio(view: RunView, path: Path) -> bool:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     drawn = False
+    kw = ratio_kw(view)
     for (name, s), c in zip(series.items(), _colors(len(series))):
-        pts = [(r, *mean_std(vals)[:2]) for r, (vals, _) in s if vals]
+        pts = [(r, *mean_std(vals)[:2]) for r, vals in ((r, view.values("victim", a, test_acc_of, **kw)) for r, a in s)
+               if vals]
         if not pts:
             continue
         r, m, sd = map(np.array, zip(*pts))

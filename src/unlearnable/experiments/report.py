@@ -34,7 +34,7 @@ import numpy as np
 
 from ..fsutil import atomic_path, write_json
 from .cache import RunStore
-from .run_view import PCT, RunView, depth_sorted, mean_std, ratio_series, test_acc_of
+from .run_view import PCT, RunView, depth_sorted, mean_std, ratio_kw, ratio_series, test_acc_of
 from .markdown import table_lines
 
 
@@ -365,9 +365,11 @@ def table_ratio(view: RunView) -> Table | None:
     ratios = sorted({r for s in series.values() for r, _ in s})
     t = Table(f"Accuracy (%) against the poisoned fraction, victim {view.main['victim']}", "attack",
               [f"{r:g}" for r in ratios])
+    kw = ratio_kw(view)
     for name, s in series.items():
         d = dict(s)
-        t.add(name, [t.cell(view, *d[r], PCT) if r in d else "-" for r in ratios])
+        t.add(name, [t.cell(view, view.values("victim", d[r], test_acc_of, **kw), view.unavailable("victim", d[r], **kw),
+                            PCT) if r in d else "-" for r in ratios])
     return t
 
 

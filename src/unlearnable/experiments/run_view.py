@@ -103,10 +103,14 @@ def depth_sorted(view: RunView, victims) -> list[str]:
 
 
 
+def ratio_kw(view: RunView) -> dict:
+    """The cell coordinates of the poison-ratio series: the main victim and protocol, no defense."""
+    return {"victim": view.main["victim"], "protocol": view.main["protocol"], "defense": "none"}
+
+
 def ratio_series(view: RunView) -> dict:
-    """method label -> [(ratio, accuracy values by seed, unavailable)], with 0 = clean and 1 = the plain attack."""
-    v, p = view.main["victim"], view.main["protocol"]
-    kw = {"victim": v, "protocol": p, "defense": "none"}
+    """method label -> [(ratio, attack label of the cell)], with 0 = clean and 1 = the plain
+    attack; the cells are at :func:`ratio_kw`."""
     series: dict = {}
     for a in view.attacks:
         if a.get("ratio") is None:
@@ -114,9 +118,8 @@ def ratio_series(view: RunView) -> dict:
         base = next((b for b in view.attacks if b["method"] == a["method"] and b.get("ratio") is None
                      and not b.get("classes") and b["options"] == a["options"] and b["preset"] == a["preset"]), None)
         name = base["label"] if base else a["method"]
-        s = series.setdefault(name, {0.0: (view.values("victim", "clean", test_acc_of, **kw), None)})
+        s = series.setdefault(name, {0.0: "clean"})
         if base:
-            s[1.0] = (view.values("victim", base["label"], test_acc_of, **kw), view.unavailable("victim", base["label"], **kw))
-        s[float(a["ratio"])] = (view.values("victim", a["label"], test_acc_of, **kw), view.unavailable("victim", a["label"], **kw))
+            s[1.0] = base["label"]
+        s[float(a["ratio"])] = a["label"]
     return {k: sorted(v.items()) for k, v in series.items()}
-
