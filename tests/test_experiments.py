@@ -380,3 +380,27 @@ def test_report_marks_cells_whose_victim_learned_nothing():
                        "† the victim did not learn (chance, not protection): clean, victim cnn, seed 1"]
     t.add("row", [t.acc(view, "a", kw)])
     assert "† the victim did not learn" in t.markdown() and "†" not in t.csv()
+
+
+def test_ratio_table_reads_each_ratio_cell_and_marks_victims_that_learned_nothing(tmp_path):
+    """Accuracy against the poisoned fraction: 0 is the clean cell, 1 the plain attack, the
+    others the ratio attacks; a victim that learned nothing is marked there too."""
+    cfg = _write_tiny(tmp_path, seeds=[0], attacks=["random", {"method": "random", "label": "random-50%", "ratio": 0.5}],
+                      evaluate=[{"victims": ["cnn-small"], "protocols": ["st"], "defenses": ["none"]}],
+                      mi={"estimators": ["hist"], "slices": 16, "max_per_class": 10}, separability=False)
+    run_dir = tmp_path / "run"
+    run_experiment(cfg, run_dir, echo=lambda s: None)
+    victims = {r["attack"]: r for r in _records(run_dir).values() if r["kind"] == "victim"}
+    victims["random-50%"]["did_not_learn"] = "flagged"  # as train_victim records a collapsed victim
+    (run_dir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in {**_records(run_dir), **{
+        r["key"]: r for r in victims.values()}}.values()))
+    out = Path(write_report(run_dir, figures=True)["dir"])
+    rows = list(__import__("csv").reader((out / "table_ratio.csv").read_text().splitlines()))
+    assert rows[0] == ["attack", "0", "0 std", "0 n", "0.5", "0.5 std", "0.5 n", "1", "1 std", "1 n"]
+    assert [float(rows[1][i]) for i in (1, 4, 7)] == pytest.approx(
+        [100 * victims[a]["test_acc"] for a in ("clean", "random-50%", "random")], abs=1e-3)
+    md = (out / "table_ratio.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| random"))
+    assert [c.strip().endswith("†") for c in row.strip("|").split("|")[1:]] == [False, True, False]
+    assert "random-50%, victim cnn-small, protocol st, defense none, seed 0" in md
+    assert (out / "fig_ratio.png").is_file()

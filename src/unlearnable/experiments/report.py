@@ -368,8 +368,7 @@ def table_ratio(view: RunView) -> Table | None:
     kw = ratio_kw(view)
     for name, s in series.items():
         d = dict(s)
-        t.add(name, [t.cell(view, view.values("victim", d[r], test_acc_of, **kw), view.unavailable("victim", d[r], **kw),
-                            PCT) if r in d else "-" for r in ratios])
+        t.add(name, [t.acc(view, d[r], kw) if r in d else "-" for r in ratios])
     return t
 
 
