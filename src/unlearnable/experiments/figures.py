@@ -232,8 +232,11 @@ def fig_ratio(view: RunView, path: Path) -> bool:
     drawn = False
     kw = ratio_kw(view)
     for (name, s), c in zip(series.items(), _colors(len(series))):
-        pts = [(r, *mean_std(vals)[:2]) for r, vals in ((r, view.values("victim", a, test_acc_of, **kw)) for r, a in s)
-               if vals]
+        pts = []
+        for r, attack in s:
+            vals = view.values("victim", attack, test_acc_of, **kw)
+            if vals:
+                pts.append((r, *mean_std(vals)[:2]))
         if not pts:
             continue
         r, m, sd = map(np.array, zip(*pts))

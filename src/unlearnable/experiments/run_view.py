@@ -102,7 +102,6 @@ def depth_sorted(view: RunView, victims) -> list[str]:
                                           list(view.victims).index(v)))
 
 
-
 def ratio_kw(view: RunView) -> dict:
     """The cell coordinates of the poison-ratio series: the main victim and protocol, no defense."""
     return {"victim": view.main["victim"], "protocol": view.main["protocol"], "defense": "none"}
