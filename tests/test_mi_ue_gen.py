@@ -221,3 +221,37 @@ def test_gen_steps_takes_that_many_generator_steps_per_source_step(tiny_npz, mon
     assert len(calls) - n_one == 2 * n_one and not torch.equal(one, two)
     with pytest.raises(UnlearnableError, match="gen_steps"):
         get_attack("mi-ue-g")(gen_steps=0)
+
+
+def test_gen_ce_adds_the_source_cross_entropy_to_the_generator_loss(tiny_npz, monkeypatch):
+    """``gen_ce``: with L_mi switched off (a zero loss), the generator is driven by the CE
+    term alone: without it it never moves (its output stays the untrained one), with it the
+    poisons change and give the final source model a lower CE than the unmoved generator's."""
+    from unlearnable.attacks import mi_ue_gen
+    train = load_dataset(tiny_npz).train
+    monkeypatch.setattr(mi_ue_gen, "mi_loss", lambda z, *a, **k: 0.0 * z.sum())
+    seen = {}
+    real = mi_ue_gen.SourceRun
+
+    class Spy(real):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            seen["run"] = self
+
+    monkeypatch.setattr(mi_ue_gen, "SourceRun", Spy)
+    still = get_attack("mi-ue-g")(**FAST).generate(train, seed=0).delta
+    x = torch.from_numpy(train.images).permute(0, 3, 1, 2).float() / 255
+    y = torch.from_numpy(train.labels).long()
+    driven = get_attack("mi-ue-g")(**FAST, gen_ce=10.0).generate(train, seed=0).delta
+    assert not torch.equal(still, driven)
+    model = seen["run"].model.eval()
+    eps = get_attack("mi-ue-g")(**FAST).config.eps
+
+    def ce(delta):
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(model((x + delta).clamp(0, 1)), y).item()
+
+    assert ce(driven) < ce(still)
+    assert 0 < driven.abs().max() <= eps + 1e-6
+    with pytest.raises(UnlearnableError, match="gen_ce"):
+        get_attack("mi-ue-g")(gen_ce=-1.0)

@@ -53,6 +53,7 @@ class MIUEGenConfig(ClassifierSourceConfig):
     balanced_batches: bool = False  # every batch holds each class in proportion (the ablation, docs/mi-ue.md)
     gen_steps: int = 1  # generator Adam steps per source step, each on the same batch
     gen_ema: float = 0.0  # > 0: the poisons come from an exponential moving average of the generator, this decay
+    gen_ce: float = 0.0  # > 0: the generator also minimises this weight x the source's CE on the poisons (GUE's loss)
     train_augment: str = "none"
     crop_padding: int = 2
 
@@ -64,9 +65,9 @@ class MIUEGenConfig(ClassifierSourceConfig):
             raise UnlearnableError(f"mi-ue-g: distance_scale must be 'none' or 'dim', got {self.distance_scale!r}")
         if self.source_restart_epochs < 0:
             raise UnlearnableError(f"mi-ue-g: source_restart_epochs must be >= 0, got {self.source_restart_epochs}")
-        if self.gen_steps < 1 or not 0 <= self.gen_ema < 1:
-            raise UnlearnableError(f"mi-ue-g: gen_steps must be >= 1 and gen_ema in [0, 1), "
-                                   f"got {self.gen_steps} and {self.gen_ema}")
+        if self.gen_steps < 1 or not 0 <= self.gen_ema < 1 or self.gen_ce < 0:
+            raise UnlearnableError(f"mi-ue-g: gen_steps must be >= 1, gen_ema in [0, 1) and gen_ce >= 0, "
+                                   f"got {self.gen_steps}, {self.gen_ema} and {self.gen_ce}")
         if self.class_maps and not self.label_input:
             raise UnlearnableError("mi-ue-g: class_maps needs label_input")
 
@@ -125,7 +126,8 @@ class MIUEGen(Attack):
                     run.opt.zero_grad(set_to_none=True)
                     ce.backward()
                     run.opt.step()
-                    # Generator: gen_steps steps on L_mi of the source features (min over delta).
+                    # Generator: gen_steps steps on L_mi of the source features (min over delta), plus
+                    # gen_ce x the source's CE when that is set.
                     model.eval()
                     for step in range(cfg.gen_steps):
                         if step:
@@ -133,8 +135,13 @@ class MIUEGen(Attack):
                         with autocast(device, cfg.bf16):
                             z = model.features(to_model_input(xp, cfg.channels_last))
                         mi = mi_loss(z.float(), y, tau=cfg.tau, zeta=cfg.zeta, distance_scale=dist_scale)
+                        loss = mi
+                        if cfg.gen_ce:  # error-minimising as well: the poisons also make the head's task easy
+                            with autocast(device, cfg.bf16):
+                                head_logits = model.head(z)
+                            loss = mi + cfg.gen_ce * F.cross_entropy(head_logits.float(), y)
                         opt_gen.zero_grad(set_to_none=True)
-                        mi.backward(inputs=gen_params)  # no weight gradients for the source: it is not updated here
+                        loss.backward(inputs=gen_params)  # no weight gradients for the source: it is not updated here
                         opt_gen.step()
                         if ema is not None:
                             ema.update_parameters(net)
