@@ -23,17 +23,20 @@ from pathlib import Path
 
 
 def crossed_table(compare_root: Path, lines: list[dict]) -> dict[str, dict[int, dict[int, float]]]:
-    """attack (clean included) -> poison seed -> victim seed -> final accuracy."""
+    """attack (clean included) -> poison seed -> victim seed -> final accuracy, from the
+    finished compare runs under ``compare_root`` and the lines that retrained their victims
+    (lines of other compare folders are left out)."""
     table: dict[str, dict[int, dict[int, float]]] = {}
+    seed_of = {}
     for done in sorted(compare_root.glob("seed-*/results.json")):  # a seed still running has none yet
         res = json.loads(done.read_text())
-        s = int(res["seed"])
+        s = seed_of[done.parent.resolve()] = int(res["seed"])
         table.setdefault("clean", {}).setdefault(s, {})[s] = res["clean"]["test_acc"]
         for name, cell in res["attacks"].items():
             table.setdefault(name, {}).setdefault(s, {})[s] = cell["test_acc"]
     for line in lines:
-        s = int(json.loads((Path(line["compare_dir"]) / "results.json").read_text())["seed"])
-        for name, cells in line["rows"].items():
+        s = seed_of.get(Path(line["compare_dir"]).resolve())
+        for name, cells in line["rows"].items() if s is not None else ():
             table.setdefault(name, {}).setdefault(s, {})[int(line["seed"])] = cells["cnn"]["test_acc"]
     return table
 
