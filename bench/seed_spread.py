@@ -22,14 +22,17 @@ import statistics
 from pathlib import Path
 
 
-def crossed_table(compare_root: Path, lines: list[dict]) -> dict[str, dict[int, dict[int, float]]]:
+def crossed_table(compare_root: Path, lines: list[dict], seeds: set[int] | None = None
+                  ) -> dict[str, dict[int, dict[int, float]]]:
     """attack (clean included) -> poison seed -> victim seed -> final accuracy, from the
     finished compare runs under ``compare_root`` and the lines that retrained their victims
-    (lines of other compare folders are left out)."""
+    (lines of other compare folders are left out); only poison ``seeds`` when given."""
     table: dict[str, dict[int, dict[int, float]]] = {}
     seed_of = {}
     for done in sorted(compare_root.glob("seed-*/results.json")):  # a seed still running has none yet
         res = json.loads(done.read_text())
+        if seeds is not None and int(res["seed"]) not in seeds:
+            continue
         s = seed_of[done.parent.resolve()] = int(res["seed"])
         table.setdefault("clean", {}).setdefault(s, {})[s] = res["clean"]["test_acc"]
         for name, cell in res["attacks"].items():
@@ -63,9 +66,11 @@ def main(argv=None) -> None:
     p.add_argument("compare_root", type=Path, help="folder of compare runs seed-0, seed-1, ...")
     p.add_argument("--lines", type=Path, nargs="+", required=True, help="bench/shallow_victims.py JSON lines")
     p.add_argument("--attacks", default=None, help="comma list (default: every attack with a crossed cell)")
+    p.add_argument("--seeds", default=None, help="comma list of poison seeds (default: every finished seed-*)")
     args = p.parse_args(argv)
     lines = [json.loads(t) for f in args.lines for t in f.read_text().splitlines() if t.strip()]
-    table = crossed_table(args.compare_root, lines)
+    seeds = {int(t) for t in args.seeds.split(",")} if args.seeds else None
+    table = crossed_table(args.compare_root, lines, seeds)
     if "clean" not in table:
         raise SystemExit(f"{args.compare_root}: no seed-*/results.json")
     crossed = sorted(n for n, by in table.items() if n != "clean" and any(len(v) > 1 for v in by.values()))

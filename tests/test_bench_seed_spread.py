@@ -48,6 +48,8 @@ def test_crossed_table_and_summary(tmp_path, capsys):
     assert out["pairs"] == 4 and out["lowest_in_pairs"] == {"a": 2, "b": 2}
     assert out["lowest_by_poison_seed_mean"] == {"a": 1, "b": 1}
     assert out["rank_by_mean"] == ["b", "a"]  # b: 0.33, a: 0.365
+    seed_spread.main([str(root), "--lines", str(lines), "--seeds", "1"])
+    assert json.loads(capsys.readouterr().out)["rows"]["a"]["cells"] == {"1": {"1": 0.40, "10": 0.44}}
     with pytest.raises(SystemExit, match="no seed"):
         seed_spread.main([str(tmp_path / "empty"), "--lines", str(lines)])
     other = _compare(tmp_path / "other", 0, 0.5, {"a": 0.9})
