@@ -21,6 +21,21 @@ FAST = dict(model="test-cnn-w8", device="cpu", channels_last=False, batch_size=3
             gen_lr=1e-2)
 
 
+def spy_source_run(monkeypatch) -> dict:
+    """Record mi-ue-g's last SourceRun under ``"run"`` (its source model, after generate)."""
+    from unlearnable.attacks import mi_ue_gen
+    seen = {}
+    real = mi_ue_gen.SourceRun
+
+    class Spy(real):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            seen["run"] = self
+
+    monkeypatch.setattr(mi_ue_gen, "SourceRun", Spy)
+    return seen
+
+
 def test_budget_on_disk_and_same_seed(tiny_npz, tmp_path):
     m = poison_dataset("mi-ue-g", str(tiny_npz), tmp_path / "out", seed=0, overrides=FAST)
     back = read_poisoned(tmp_path / "out")
@@ -44,17 +59,8 @@ def test_resume_after_crash_is_bit_identical(tiny_npz, tmp_path, monkeypatch):
 def test_generator_lowers_the_mi_loss_of_the_source(tiny_npz, monkeypatch):
     """The poisons are trained on L_mi: against the final source model, they give a lower
     L_mi than no perturbation and than a random sign pattern of the same size."""
-    from unlearnable.attacks import mi_ue_gen
     train = load_dataset(tiny_npz).train
-    seen = {}
-    real = mi_ue_gen.SourceRun
-
-    class Spy(real):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            seen["run"] = self
-
-    monkeypatch.setattr(mi_ue_gen, "SourceRun", Spy)
+    seen = spy_source_run(monkeypatch)
     res = get_attack("mi-ue-g")(**dict(FAST, epochs=6)).generate(train, seed=0)
     model = seen["run"].model.eval()
     x = torch.from_numpy(train.images).permute(0, 3, 1, 2).float() / 255
@@ -230,15 +236,7 @@ def test_gen_ce_adds_the_source_cross_entropy_to_the_generator_loss(tiny_npz, mo
     from unlearnable.attacks import mi_ue_gen
     train = load_dataset(tiny_npz).train
     monkeypatch.setattr(mi_ue_gen, "mi_loss", lambda z, *a, **k: 0.0 * z.sum())
-    seen = {}
-    real = mi_ue_gen.SourceRun
-
-    class Spy(real):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            seen["run"] = self
-
-    monkeypatch.setattr(mi_ue_gen, "SourceRun", Spy)
+    seen = spy_source_run(monkeypatch)
     still = get_attack("mi-ue-g")(**FAST).generate(train, seed=0).delta
     x = torch.from_numpy(train.images).permute(0, 3, 1, 2).float() / 255
     y = torch.from_numpy(train.labels).long()
