@@ -253,3 +253,58 @@ def test_gen_ce_adds_the_source_cross_entropy_to_the_generator_loss(tiny_npz, mo
     assert 0 < driven.abs().max() <= eps + 1e-6
     with pytest.raises(UnlearnableError, match="gen_ce"):
         get_attack("mi-ue-g")(gen_ce=-1.0)
+
+
+def test_interval_poison_maps_tanh_onto_each_pixels_feasible_interval():
+    from unlearnable.attacks.gue import interval_poison
+    eps = 8 / 255
+    x = torch.tensor([0.0, 0.01, 0.5, 0.2, 0.995, 1.0]).repeat_interleave(101)
+    t = torch.linspace(-1, 1, 101).repeat(6).requires_grad_()
+    xp = interval_poison(x, t, eps)
+    lo, hi = (x - eps).clamp(min=0), (x + eps).clamp(max=1)
+    assert torch.all(xp >= lo - 1e-7) and torch.all(xp <= hi + 1e-7)
+    interior = (x >= eps) & (x <= 1 - eps)  # a full 2 eps interval: the usual x + eps * t
+    torch.testing.assert_close(xp[interior], (x + eps * t)[interior])
+    xp.sum().backward()
+    assert torch.all(t.grad > 0)  # every pixel, black and white ones included, still moves with t
+    clipped = t.detach().clone().requires_grad_()
+    (x + eps * clipped).clamp(0, 1).sum().backward()
+    black_neg = (x == 0) & (t.detach() < 0)
+    assert black_neg.any() and torch.all(clipped.grad[black_neg] == 0)  # what the option mends
+    ends = xp.detach().view(6, 101)[:, [0, -1]]
+    torch.testing.assert_close(ends, torch.stack([lo.view(6, 101)[:, 0], hi.view(6, 101)[:, 0]], 1))
+
+
+def test_mi_ue_g_interval_output_spends_the_budget_on_black_pixels(tiny_npz, monkeypatch):
+    """On black pixels the clipped output writes 0 wherever the generator is negative (about
+    half of them at the start); the interval output writes a positive change there. The
+    generator is trained through the map (every weight moves)."""
+    import copy
+
+    from unlearnable.attacks import mi_ue_gen
+    from unlearnable.data import ImageDataset
+    made = []
+
+    class Spy(mi_ue_gen.PerturbationGenerator):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append((self, copy.deepcopy(self.state_dict())))
+
+    monkeypatch.setattr(mi_ue_gen, "PerturbationGenerator", Spy)
+    base = load_dataset(tiny_npz).train
+    images = base.images.copy()
+    images[:, :6] = 0  # a black band, as Fashion-MNIST's background
+    train = ImageDataset(images, base.labels, base.class_names)
+    over = dict(FAST, epochs=1)
+    clipped = get_attack("mi-ue-g")(**over).generate(train, seed=0).delta
+    interval = get_attack("mi-ue-g")(**over, interval_output=True).generate(train, seed=0).delta
+    net, start = made[-1]
+    weights = [k for k, v in start.items() if v.is_floating_point() and "running" not in k]
+    assert weights and all(not torch.equal(net.state_dict()[k], start[k]) for k in weights)
+    eps = get_attack("mi-ue-g")(**over).config.eps
+    black = torch.from_numpy(images == 0).permute(0, 3, 1, 2)
+    assert 0 < interval.abs().max() <= eps + 1e-6 and torch.all(interval[black] >= 0)
+    zero_clipped, zero_interval = (clipped[black] == 0).float().mean(), (interval[black] == 0).float().mean()
+    assert zero_clipped > 0.2 and zero_interval < 0.05, (zero_clipped, zero_interval)
+    # The interior is the same map: with the interval output off the option changes nothing.
+    assert torch.equal(get_attack("mi-ue-g")(**over, interval_output=False).generate(train, seed=0).delta, clipped)

@@ -31,7 +31,7 @@ from ..progress import bar
 from ..runtime import autocast, prepare_model, to_model_input
 from ..train.loops import batches, num_batches
 from .base import Attack, AttackResult, ClassifierSourceConfig, register_attack
-from .gue import PerturbationGenerator, generator_poisons
+from .gue import PerturbationGenerator, generator_poisons, interval_poison
 from .losses import mi_loss
 from .source import SourceRun
 
@@ -54,6 +54,7 @@ class MIUEGenConfig(ClassifierSourceConfig):
     gen_steps: int = 1  # generator Adam steps per source step, each on the same batch
     gen_ema: float = 0.0  # > 0: the poisons come from an exponential moving average of the generator, this decay
     gen_ce: float = 0.0  # > 0: the generator also minimises this weight x the source's CE on the poisons (GUE's loss)
+    interval_output: bool = False  # tanh mapped onto each pixel's feasible interval, not added and clipped (gue.interval_poison)
     train_augment: str = "none"
     crop_padding: int = 2
 
@@ -103,7 +104,8 @@ class MIUEGen(Attack):
         dist_scale = 1.0 / model.feature_dim if cfg.distance_scale == "dim" else 1.0
 
         def poison(x, y):
-            return (x + cfg.eps * net(to_model_input(x, cfg.channels_last), y if cfg.label_input else None)).clamp(0, 1)
+            t = net(to_model_input(x, cfg.channels_last), y if cfg.label_input else None)
+            return interval_poison(x, t, cfg.eps) if cfg.interval_output else (x + cfg.eps * t).clamp(0, 1)
 
         n_b = num_batches(len(data), cfg.batch_size)
         with bar(total=cfg.epochs * n_b, initial=run.start * n_b, desc=self.name, unit="batch") as pb:
@@ -156,6 +158,6 @@ class MIUEGen(Attack):
                 run.save(epoch + 1, generator=net.state_dict(), opt_generator=opt_gen.state_dict(),
                          **({} if ema is None else {"generator_ema": ema.state_dict()}))
         delta = generator_poisons(net if ema is None else ema.module, data, eps=cfg.eps, label_input=cfg.label_input,
-                                  channels_last=cfg.channels_last, chunk=512)
+                                  channels_last=cfg.channels_last, chunk=512, interval=cfg.interval_output)
         return AttackResult(delta=delta, info=run.info())
 
