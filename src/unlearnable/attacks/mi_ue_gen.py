@@ -80,6 +80,10 @@ class MIUEGen(Attack):
     presets = {"cpu": MIUEGenConfig()}
 
     def generate(self, train, *, seed: int = 0, workdir=None, resume: bool = False) -> AttackResult:
+        return self._play(train, seed=seed, workdir=workdir, resume=resume)
+
+    def _play(self, train, *, seed: int, workdir, resume: bool) -> AttackResult:
+        """One min-min game from ``seed``: the trained generator's poisons of every image."""
         cfg = self.config
         restart = cfg.source_restart_epochs
         run = SourceRun(self.name, cfg, train, seed=seed, workdir=workdir, resume=resume, schedule="cosine",
