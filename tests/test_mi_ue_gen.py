@@ -308,3 +308,30 @@ def test_mi_ue_g_interval_output_spends_the_budget_on_black_pixels(tiny_npz, mon
     assert zero_clipped > 0.2 and zero_interval < 0.05, (zero_clipped, zero_interval)
     # The interior is the same map: with the interval output off the option changes nothing.
     assert torch.equal(get_attack("mi-ue-g")(**over, interval_output=False).generate(train, seed=0).delta, clipped)
+
+
+def test_restarts_keep_the_game_with_the_lowest_final_mi_loss(tiny_npz):
+    from unlearnable.attacks.mi_ue_gen import RESTART_SEED_STRIDE
+    train = load_dataset(tiny_npz).train
+    res = get_attack("mi-ue-g")(**FAST, restarts=3).generate(train, seed=5)
+    singles = [get_attack("mi-ue-g")(**FAST).generate(train, seed=5 + r * RESTART_SEED_STRIDE) for r in range(3)]
+    finals = [s.info["history"][-1]["mi_loss"] for s in singles]
+    assert [r["seed"] for r in res.info["restarts"]] == [5, 5 + RESTART_SEED_STRIDE, 5 + 2 * RESTART_SEED_STRIDE]
+    assert [r["final_mi_loss"] for r in res.info["restarts"]] == finals
+    assert len(set(finals)) == 3 and res.info["kept_restart"] == int(np.argmin(finals))
+    assert torch.equal(res.delta, singles[int(np.argmin(finals))].delta)
+    # One restart is the plain game, its info unchanged.
+    one = get_attack("mi-ue-g")(**FAST, restarts=1).generate(train, seed=5)
+    assert torch.equal(one.delta, singles[0].delta) and "restarts" not in one.info
+    with pytest.raises(UnlearnableError, match="restarts must be >= 1"):
+        get_attack("mi-ue-g")(restarts=0)
+
+
+def test_restarts_resume_after_a_crash_in_the_second_game(tiny_npz, tmp_path, monkeypatch):
+    train = load_dataset(tiny_npz).train
+    # epochs 2: the first game saves twice, the crash comes after the second game's first epoch
+    full, resumed = crash_then_resume(lambda: get_attack("mi-ue-g")(**FAST, restarts=2), train, tmp_path,
+                                      monkeypatch, crash_after=3)
+    assert (tmp_path / "restart-1" / "checkpoint.pt").is_file()
+    assert resumed.info["restarts"] == full.info["restarts"] and resumed.info["kept_restart"] == full.info["kept_restart"]
+    assert torch.equal(resumed.delta, full.delta)

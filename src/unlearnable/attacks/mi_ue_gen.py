@@ -20,6 +20,7 @@ algorithm: ``mi-ue`` stays that.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,7 @@ class MIUEGenConfig(ClassifierSourceConfig):
     gen_steps: int = 1  # generator Adam steps per source step, each on the same batch
     gen_ema: float = 0.0  # > 0: the poisons come from an exponential moving average of the generator, this decay
     gen_ce: float = 0.0  # > 0: the generator also minimises this weight x the source's CE on the poisons (GUE's loss)
+    restarts: int = 1  # > 1: that many games from distinct seeds, keeping the one whose last epoch had the lowest L_mi
     interval_output: bool = False  # tanh mapped onto each pixel's feasible interval, not added and clipped (gue.interval_poison)
     train_augment: str = "none"
     crop_padding: int = 2
@@ -69,8 +71,13 @@ class MIUEGenConfig(ClassifierSourceConfig):
         if self.gen_steps < 1 or not 0 <= self.gen_ema < 1 or self.gen_ce < 0:
             raise UnlearnableError(f"mi-ue-g: gen_steps must be >= 1, gen_ema in [0, 1) and gen_ce >= 0, "
                                    f"got {self.gen_steps}, {self.gen_ema} and {self.gen_ce}")
+        if self.restarts < 1:
+            raise UnlearnableError(f"mi-ue-g: restarts must be >= 1, got {self.restarts}")
         if self.class_maps and not self.label_input:
             raise UnlearnableError("mi-ue-g: class_maps needs label_input")
+
+
+RESTART_SEED_STRIDE = 1_000_003  # restart r plays from seed + r * this: distinct from every plain seed in use
 
 
 @register_attack
@@ -80,7 +87,22 @@ class MIUEGen(Attack):
     presets = {"cpu": MIUEGenConfig()}
 
     def generate(self, train, *, seed: int = 0, workdir=None, resume: bool = False) -> AttackResult:
-        return self._play(train, seed=seed, workdir=workdir, resume=resume)
+        """``restarts`` games (the first from ``seed`` itself, so one restart is the plain
+        game); the poisons of the one that ended with the lowest epoch-mean L_mi are kept.
+        The game's own objective picks, as PGD's random restarts keep the best loss: no
+        victim and no held-out image is used. Each restart checkpoints in its own folder
+        (the first in ``workdir``), so a resume continues where the run was killed."""
+        kept, runs = None, []
+        for r in range(self.config.restarts):
+            run_seed = seed + r * RESTART_SEED_STRIDE
+            sub = workdir if r == 0 or workdir is None else Path(workdir) / f"restart-{r}"
+            res = self._play(train, seed=run_seed, workdir=sub, resume=resume)
+            runs.append({"seed": run_seed, "final_mi_loss": res.info["history"][-1]["mi_loss"]})
+            if kept is None or runs[-1]["final_mi_loss"] < runs[kept[0]]["final_mi_loss"]:
+                kept = (r, res)
+        if len(runs) == 1:
+            return kept[1]
+        return AttackResult(delta=kept[1].delta, info={**kept[1].info, "restarts": runs, "kept_restart": kept[0]})
 
     def _play(self, train, *, seed: int, workdir, resume: bool) -> AttackResult:
         """One min-min game from ``seed``: the trained generator's poisons of every image."""
