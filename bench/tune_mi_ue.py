@@ -97,7 +97,8 @@ def main(argv):
                           "gen_s": round(gen_s, 1),
                           **delta_stats(train.images, images, train.labels, round(attack.config.eps * 255, 3)),
                           "gen_history": [{k: h[k] for k in h if k not in ("epoch", "seconds")}
-                                          for h in res.info.get("history", [])][-3:]}), flush=True)
+                                          for h in res.info.get("history", [])][-3:],
+                          **{k: res.info[k] for k in ("restarts", "kept_restart") if k in res.info}}), flush=True)
 
 
 if __name__ == "__main__":
