@@ -52,9 +52,9 @@ def variance_split(by_seed: dict[int, dict[int, float]]) -> dict:
     values = [a for g in groups for a in g]
     if len(groups) < 2:
         return {}
-    grand = statistics.fmean(values)
-    between = sum(len(g) * (statistics.fmean(g) - grand) ** 2 for g in groups)
-    within = sum((a - statistics.fmean(g)) ** 2 for g in groups for a in g)
+    grand, means = statistics.fmean(values), [statistics.fmean(g) for g in groups]
+    between = sum(len(g) * (m - grand) ** 2 for g, m in zip(groups, means))
+    within = sum((a - m) ** 2 for g, m in zip(groups, means) for a in g)
     df_b, df_w = len(groups) - 1, len(values) - len(groups)
     total = between + within
     return {"ms_between_poison_seeds": between / df_b, "ms_within_victim_seeds": within / df_w if df_w else None,

@@ -21,18 +21,25 @@ FAST = dict(model="test-cnn-w8", device="cpu", channels_last=False, batch_size=3
             gen_lr=1e-2)
 
 
-def spy_source_run(monkeypatch) -> dict:
-    """Record mi-ue-g's last SourceRun under ``"run"`` (its source model, after generate)."""
+def spy_mi_ue_gen(monkeypatch, name: str, record=lambda obj: obj) -> list:
+    """Replace mi_ue_gen's class ``name`` by a subclass that appends ``record(instance)``,
+    right after construction, to the returned list."""
     from unlearnable.attacks import mi_ue_gen
-    seen = {}
-    real = mi_ue_gen.SourceRun
+    made = []
 
-    class Spy(real):
+    class Spy(getattr(mi_ue_gen, name)):
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
-            seen["run"] = self
+            made.append(record(self))
 
-    monkeypatch.setattr(mi_ue_gen, "SourceRun", Spy)
+    monkeypatch.setattr(mi_ue_gen, name, Spy)
+    return made
+
+
+def spy_source_run(monkeypatch) -> dict:
+    """Record mi-ue-g's last SourceRun under ``"run"`` (its source model, after generate)."""
+    seen = {}
+    spy_mi_ue_gen(monkeypatch, "SourceRun", lambda run: seen.__setitem__("run", run))
     return seen
 
 
@@ -281,16 +288,8 @@ def test_mi_ue_g_interval_output_spends_the_budget_on_black_pixels(tiny_npz, mon
     generator is trained through the map (every weight moves)."""
     import copy
 
-    from unlearnable.attacks import mi_ue_gen
     from unlearnable.data import ImageDataset
-    made = []
-
-    class Spy(mi_ue_gen.PerturbationGenerator):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            made.append((self, copy.deepcopy(self.state_dict())))
-
-    monkeypatch.setattr(mi_ue_gen, "PerturbationGenerator", Spy)
+    made = spy_mi_ue_gen(monkeypatch, "PerturbationGenerator", lambda net: (net, copy.deepcopy(net.state_dict())))
     base = load_dataset(tiny_npz).train
     images = base.images.copy()
     images[:, :6] = 0  # a black band, as Fashion-MNIST's background
