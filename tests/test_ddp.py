@@ -78,10 +78,10 @@ def test_ddp_two_gloo_ranks_equal_one_process_with_two_shards(tmp_path, one_thre
 def test_sharded_victim_that_learned_nothing_is_flagged(monkeypatch):
     """The DDP path flags a collapsed victim as train_victim does (one warning, written by
     the writer rank), and leaves a victim that learned unflagged."""
-    from unlearnable.train import ddp
+    from unlearnable.train import standard
     train, test = _data()
     logged = []
-    monkeypatch.setattr(ddp, "log", logged.append)
+    monkeypatch.setattr(standard, "log", logged.append)  # both paths warn through flag_did_not_learn
     ok = train_victim_ddp(train, test, victim_preset("cpu", model="cnn-small", epochs=3, batch_size=32, lr=0.05,
                                                      device="cpu"), seed=0, shards=2)
     assert "did_not_learn" not in ok.extra and not logged

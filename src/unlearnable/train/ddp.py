@@ -20,11 +20,11 @@ import torch
 
 from ..data.augment import build_augment
 from ..models import build_model
-from ..progress import bar, log
+from ..progress import bar
 from ..runtime import make_generator, prepare_model, resolve_device, seed_everything
 from ..sharding import Sharding, world
 from . import standard
-from .loops import TensorData, evaluate, num_batches, sgd_cosine, train_epoch
+from .loops import TensorData, evaluate, num_batches, train_epoch
 
 
 def train_victim_ddp(train, test, cfg, *, seed: int = 0, shards: int | None = None,
@@ -38,9 +38,7 @@ def train_victim_ddp(train, test, cfg, *, seed: int = 0, shards: int | None = No
     gen = make_generator(seed)
     model = prepare_model(build_model(cfg.model, train.channels, train.num_classes, train.image_size[0]), device,
                           cfg.channels_last)
-    make_opt = getattr(standard, "make_optimizer", None)  # cosine or step schedule, as train_victim
-    opt, sched = make_opt(model, cfg) if make_opt else sgd_cosine(
-        model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, epochs=cfg.epochs, lr_min=cfg.lr_min)
+    opt, sched = standard.make_optimizer(model, cfg)  # cosine or step schedule, as train_victim
     augment = build_augment(cfg.augment, cfg.crop_padding)
     tr, te = TensorData.from_dataset(train, device), TensorData.from_dataset(test, device)
     history, t0 = [], time.time()
@@ -54,12 +52,11 @@ def train_victim_ddp(train, test, cfg, *, seed: int = 0, shards: int | None = No
             history.append({"epoch": epoch + 1, "loss": round(loss, 5), "train_acc": round(acc, 5),
                             "test_acc": round(test_acc, 5), "seconds": round(time.time() - t0, 2)})
     train_acc = evaluate_sharded(sh, model, tr, bf16=cfg.bf16, channels_last=cfg.channels_last)
-    failed = standard.did_not_learn(desc, cfg, train.labels, train_acc, history[-1]["loss"])
-    if failed and sh.writer:
-        log(f"warning: {failed}")
+    extra = {}
+    standard.flag_did_not_learn(extra, desc, cfg, train.labels, train_acc, history[-1]["loss"], warn=sh.writer)
     return standard.TrainResult(test_acc=history[-1]["test_acc"], train_acc=train_acc, history=history,
                                 seconds=time.time() - t0, config={**asdict(cfg), "shards": sh.w}, model=model,
-                                extra={"did_not_learn": failed} if failed else {})
+                                extra=extra)
 
 
 @torch.no_grad()

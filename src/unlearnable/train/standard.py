@@ -238,15 +238,23 @@ def train_victim(train: ImageDataset, test: ImageDataset, cfg: VictimConfig, *, 
         extra["early_stopping"] = {"epoch": chosen["epoch"], "val_acc": chosen["val_acc"], "val_images": len(va),
                                    "test_images": len(te), "last_epoch_test_acc": history[-1]["test_acc"]}
     clean_train_acc = evaluate(model, tr, bf16=cfg.bf16, channels_last=cfg.channels_last)
-    failed = did_not_learn(desc, cfg, train.labels, clean_train_acc, history[-1]["loss"])
-    if failed:
-        log(f"warning: {failed}")
-        extra["did_not_learn"] = failed
+    flag_did_not_learn(extra, desc, cfg, train.labels, clean_train_acc, history[-1]["loss"])
     if defense_seconds:
         extra["defense_seconds"] = defense_seconds
     return TrainResult(test_acc=final["test_acc"], train_acc=clean_train_acc, history=history,
                        seconds=time.time() - t0, config=asdict(cfg), model=model, protocol=protocol,
                        defenses=[d.describe() for d in defenses], extra=extra)
+
+
+def flag_did_not_learn(extra: dict, desc: str, cfg: VictimConfig, labels: np.ndarray, train_acc: float, loss: float,
+                       *, warn: bool = True) -> None:
+    """Record under ``extra["did_not_learn"]`` why the victim learned nothing (see
+    :func:`did_not_learn`), and warn when ``warn``; nothing when it learned."""
+    failed = did_not_learn(desc, cfg, labels, train_acc, loss)
+    if failed:
+        if warn:
+            log(f"warning: {failed}")
+        extra["did_not_learn"] = failed
 
 
 def did_not_learn(desc: str, cfg: VictimConfig, labels: np.ndarray, train_acc: float, loss: float) -> str | None:
