@@ -29,7 +29,7 @@ from unlearnable.progress import set_quiet
 from unlearnable.train import train_victim, victim_preset
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tune_mi_ue import split_train_val  # noqa: E402  (a sibling script: the same validation split)
+from tune_mi_ue import budget_use, split_train_val  # noqa: E402  (a sibling script: the same split and budget split)
 
 
 def amplify(clean: np.ndarray, delta: np.ndarray, gain: float, levels: int) -> np.ndarray:
@@ -37,12 +37,6 @@ def amplify(clean: np.ndarray, delta: np.ndarray, gain: float, levels: int) -> n
     pixels to [0, 255]. ``delta`` is the written perturbation in 1/255 (int)."""
     d = np.clip(np.rint(delta.astype(np.float64) * gain), -levels, levels)
     return np.clip(clean.astype(np.int16) + d.astype(np.int16), 0, 255).astype(np.uint8)
-
-
-def budget_use(clean: np.ndarray, images: np.ndarray) -> dict:
-    d = np.abs(images.astype(np.int16) - clean.astype(np.int16))
-    black = clean == 0
-    return {"mean_abs_bg_255": round(float(d[black].mean()), 3), "mean_abs_obj_255": round(float(d[~black].mean()), 3)}
 
 
 def main(argv=None) -> None:

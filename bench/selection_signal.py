@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -31,7 +32,7 @@ from unlearnable.progress import set_quiet
 from unlearnable.train import train_victim, victim_preset
 from unlearnable.train.loops import evaluate
 
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tune_mi_ue import split_train_val  # noqa: E402  (a sibling script: the same validation split)
 
 PROXY_SEED = 7919
@@ -58,12 +59,12 @@ def main(argv=None):
     SourceRun.save = scoring_save(SourceRun.save)
     splits = load_dataset("fashion-mnist")
     vcfg = victim_preset("cpu")
+    attack = get_attack("mi-ue-g").from_preset("cpu")  # one game each (restarts 1): game r is seeded here
     for seed in [int(s) for s in args.seeds.split(",")]:
         train, val = split_train_val(splits.train, args.subset, seed)
         for r in range(args.games):
-            attack = get_attack("mi-ue-g").from_preset("cpu")
             t0 = time.time()
-            res = attack._play(train, seed=seed + r * RESTART_SEED_STRIDE, workdir=None, resume=False)
+            res = attack.generate(train, seed=seed + r * RESTART_SEED_STRIDE)
             gen_s = time.time() - t0
             poisoned = ImageDataset(quantize(train.images, res.delta, attack.config.eps), train.labels,
                                     train.class_names)

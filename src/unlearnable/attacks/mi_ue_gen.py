@@ -92,17 +92,15 @@ class MIUEGen(Attack):
         The game's own objective picks, as PGD's random restarts keep the best loss: no
         victim and no held-out image is used. Each restart checkpoints in its own folder
         (the first in ``workdir``), so a resume continues where the run was killed."""
-        kept, runs = None, []
-        for r in range(self.config.restarts):
-            run_seed = seed + r * RESTART_SEED_STRIDE
-            sub = workdir if r == 0 or workdir is None else Path(workdir) / f"restart-{r}"
-            res = self._play(train, seed=run_seed, workdir=sub, resume=resume)
-            runs.append({"seed": run_seed, "final_mi_loss": res.info["history"][-1]["mi_loss"]})
-            if kept is None or runs[-1]["final_mi_loss"] < runs[kept[0]]["final_mi_loss"]:
-                kept = (r, res)
-        if len(runs) == 1:
-            return kept[1]
-        return AttackResult(delta=kept[1].delta, info={**kept[1].info, "restarts": runs, "kept_restart": kept[0]})
+        seeds = [seed + r * RESTART_SEED_STRIDE for r in range(self.config.restarts)]
+        folders = [workdir if r == 0 or workdir is None else Path(workdir) / f"restart-{r}" for r in range(len(seeds))]
+        games = [self._play(train, seed=s, workdir=w, resume=resume) for s, w in zip(seeds, folders)]
+        if len(games) == 1:
+            return games[0]
+        losses = [g.info["history"][-1]["mi_loss"] for g in games]
+        k = min(range(len(games)), key=losses.__getitem__)  # the first on ties
+        runs = [{"seed": s, "final_mi_loss": loss} for s, loss in zip(seeds, losses)]
+        return AttackResult(delta=games[k].delta, info={**games[k].info, "restarts": runs, "kept_restart": k})
 
     def _play(self, train, *, seed: int, workdir, resume: bool) -> AttackResult:
         """One min-min game from ``seed``: the trained generator's poisons of every image."""
