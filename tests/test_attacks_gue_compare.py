@@ -14,7 +14,8 @@ from conftest import spy_mi_models
 from test_attacks_zoo import smooth_bands  # the zoo's tiny learnable task (registers test-cnn-w8)
 from unlearnable.attacks import get_attack
 from unlearnable.attacks.base import Checkpoint
-from unlearnable.attacks.gue import PerturbationGenerator, payoff
+from unlearnable.attacks.generator import PerturbationGenerator
+from unlearnable.attacks.gue import payoff
 from unlearnable.cli import main
 from unlearnable.data import quantize, read_poisoned
 from unlearnable.data.dataset import ImageDataset

@@ -154,7 +154,7 @@ def test_balanced_batches_change_the_poison_batches(method, tiny_npz, monkeypatc
 
 
 def test_class_maps_add_a_per_class_pattern_before_the_tanh():
-    from unlearnable.attacks.gue import PerturbationGenerator
+    from unlearnable.attacks.generator import PerturbationGenerator
     torch.manual_seed(0)
     g = PerturbationGenerator(1, width=2, levels=2, num_classes=3, map_size=(9, 7)).eval()
     x = torch.rand(2, 1, 9, 7)
@@ -263,7 +263,7 @@ def test_gen_ce_adds_the_source_cross_entropy_to_the_generator_loss(tiny_npz, mo
 
 
 def test_interval_poison_maps_tanh_onto_each_pixels_feasible_interval():
-    from unlearnable.attacks.gue import interval_poison
+    from unlearnable.attacks.generator import interval_poison
     eps = 8 / 255
     x = torch.tensor([0.0, 0.01, 0.5, 0.2, 0.995, 1.0]).repeat_interleave(101)
     t = torch.linspace(-1, 1, 101).repeat(6).requires_grad_()

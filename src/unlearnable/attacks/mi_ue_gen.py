@@ -4,7 +4,7 @@ Same two players and losses as MI-UE (:mod:`.mi_ue`): the source model minimises
 cross-entropy on the poisoned images, the poisons minimise the MI-reduction loss of
 Eq. 2 (:mod:`.losses`) on the source model's features. What changes is how a poison is
 parametrised: ``delta = eps * G(x, y)``, one encoder-decoder network for the whole set
-(GUE's :class:`~.gue.PerturbationGenerator`, its output in (-1, 1) through tanh) with a
+(GUE's :class:`~.generator.PerturbationGenerator`, its output in (-1, 1) through tanh) with a
 learned class embedding at the bottleneck. Each batch takes one source SGD step on the
 detached poisons, then one generator step on ``L_mi`` through the source model in eval
 mode (BatchNorm running statistics, as MI-UE's PGD uses).
@@ -32,7 +32,7 @@ from ..progress import bar
 from ..runtime import autocast, prepare_model, to_model_input
 from ..train.loops import batches, num_batches
 from .base import Attack, AttackResult, ClassifierSourceConfig, register_attack
-from .gue import PerturbationGenerator, generator_poisons, interval_poison
+from .generator import PerturbationGenerator, generator_image, generator_poisons
 from .losses import mi_loss
 from .source import SourceRun
 
@@ -56,7 +56,7 @@ class MIUEGenConfig(ClassifierSourceConfig):
     gen_ema: float = 0.0  # > 0: the poisons come from an exponential moving average of the generator, this decay
     gen_ce: float = 0.0  # > 0: the generator also minimises this weight x the source's CE on the poisons (GUE's loss)
     restarts: int = 1  # > 1: that many games from distinct seeds, keeping the one whose last epoch had the lowest L_mi
-    interval_output: bool = False  # tanh mapped onto each pixel's feasible interval, not added and clipped (gue.interval_poison)
+    interval_output: bool = False  # tanh mapped onto each pixel's feasible interval, not added and clipped (generator.interval_poison)
     train_augment: str = "none"
     crop_padding: int = 2
 
@@ -129,7 +129,7 @@ class MIUEGen(Attack):
 
         def poison(x, y):
             t = net(to_model_input(x, cfg.channels_last), y if cfg.label_input else None)
-            return interval_poison(x, t, cfg.eps) if cfg.interval_output else (x + cfg.eps * t).clamp(0, 1)
+            return generator_image(x, t, cfg.eps, cfg.interval_output)
 
         n_b = num_batches(len(data), cfg.batch_size)
         with bar(total=cfg.epochs * n_b, initial=run.start * n_b, desc=self.name, unit="batch") as pb:
