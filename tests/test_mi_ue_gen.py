@@ -334,3 +334,36 @@ def test_restarts_resume_after_a_crash_in_the_second_game(tiny_npz, tmp_path, mo
     assert (tmp_path / "restart-1" / "checkpoint.pt").is_file()
     assert resumed.info["restarts"] == full.info["restarts"] and resumed.info["kept_restart"] == full.info["kept_restart"]
     assert torch.equal(resumed.delta, full.delta)
+
+
+def test_within_class_share_is_zero_for_a_class_wise_pattern_and_matches_the_readable_form():
+    from unlearnable.attacks.mi_ue_gen import within_class_share
+    g = torch.Generator().manual_seed(0)
+    y = torch.tensor([0, 0, 1, 1, 1, 3])
+    patterns = torch.randn(4, 1, 5, 5, generator=g)
+    assert within_class_share(patterns[y], y, 4).item() == pytest.approx(0.0, abs=1e-6)
+    d = torch.randn(6, 1, 5, 5, generator=g)
+    readable = sum(((d[i] - d[y == y[i]].mean(0)) ** 2).sum() for i in range(6)) / (d ** 2).sum()
+    assert within_class_share(d, y, 4).item() == pytest.approx(readable.item(), rel=1e-5)
+    assert 0.3 < readable < 1  # noise: most of the energy is not the class mean
+
+
+def test_class_consistency_makes_each_class_closer_to_one_pattern():
+    """On noise images the plain game's poisons vary within a class; with the consistency
+    term in the generator's loss their within-class share of the energy falls well below
+    the plain game's. The budget holds."""
+    from unlearnable.attacks.mi_ue_gen import within_class_share
+    from unlearnable.data import ImageDataset
+    rng = np.random.default_rng(0)
+    train = ImageDataset(rng.integers(0, 256, (128, 16, 16, 1), dtype=np.uint8), np.arange(128) % 4,
+                         ["a", "b", "c", "d"])
+    y = torch.from_numpy(train.labels).long()
+    over = dict(FAST, epochs=4)  # by then the plain generator's output depends on the image
+    plain = get_attack("mi-ue-g")(**over).generate(train, seed=0).delta
+    pushed = get_attack("mi-ue-g")(**over, class_consistency=1.0).generate(train, seed=0).delta
+    before, after = within_class_share(plain, y, 4), within_class_share(pushed, y, 4)
+    assert after < 0.5 * before, (before, after)
+    eps = get_attack("mi-ue-g")(**FAST).config.eps
+    assert 0 < pushed.abs().max() <= eps + 1e-6
+    with pytest.raises(UnlearnableError, match="class_consistency"):
+        get_attack("mi-ue-g")(class_consistency=-1.0)

@@ -56,6 +56,9 @@ class MIUEGenConfig(ClassifierSourceConfig):
     gen_ema: float = 0.0  # > 0: the poisons come from an exponential moving average of the generator, this decay
     gen_ce: float = 0.0  # > 0: the generator also minimises this weight x the source's CE on the poisons (GUE's loss)
     restarts: int = 1  # > 1: that many games from distinct seeds, keeping the one whose last epoch had the lowest L_mi
+    # > 0: the generator also minimises this weight x the within-class share of the batch's perturbation
+    # energy (1 - the class-mean share), pushing each class towards one pattern (docs/mi-ue.md, the sinks)
+    class_consistency: float = 0.0
     interval_output: bool = False  # tanh mapped onto each pixel's feasible interval, not added and clipped (generator.interval_poison)
     train_augment: str = "none"
     crop_padding: int = 2
@@ -71,10 +74,21 @@ class MIUEGenConfig(ClassifierSourceConfig):
         if self.gen_steps < 1 or not 0 <= self.gen_ema < 1 or self.gen_ce < 0:
             raise UnlearnableError(f"mi-ue-g: gen_steps must be >= 1, gen_ema in [0, 1) and gen_ce >= 0, "
                                    f"got {self.gen_steps}, {self.gen_ema} and {self.gen_ce}")
+        if self.class_consistency < 0:
+            raise UnlearnableError(f"mi-ue-g: class_consistency must be >= 0, got {self.class_consistency}")
         if self.restarts < 1:
             raise UnlearnableError(f"mi-ue-g: restarts must be >= 1, got {self.restarts}")
         if self.class_maps and not self.label_input:
             raise UnlearnableError("mi-ue-g: class_maps needs label_input")
+
+
+def within_class_share(delta: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The share of the batch's perturbation energy that is not its class's mean pattern:
+    sum_i |d_i - mean_{y_i}|^2 / sum_i |d_i|^2, 0 for a class-wise pattern, near 1 for noise."""
+    flat = delta.flatten(1).float()
+    onehot = F.one_hot(y, num_classes).float()
+    means = (onehot.T @ flat) / onehot.sum(0).clamp(min=1)[:, None]
+    return ((flat - means[y]) ** 2).sum() / (flat ** 2).sum().clamp(min=1e-12)
 
 
 RESTART_SEED_STRIDE = 1_000_003  # restart r plays from seed + r * this: distinct from every plain seed in use
@@ -166,6 +180,8 @@ class MIUEGen(Attack):
                             with autocast(device, cfg.bf16):
                                 head_logits = model.head(z)
                             loss = mi + cfg.gen_ce * F.cross_entropy(head_logits.float(), y)
+                        if cfg.class_consistency:
+                            loss = loss + cfg.class_consistency * within_class_share(xp - x, y, train.num_classes)
                         opt_gen.zero_grad(set_to_none=True)
                         loss.backward(inputs=gen_params)  # no weight gradients for the source: it is not updated here
                         opt_gen.step()
