@@ -25,13 +25,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from unlearnable.data import load_dataset, read_poisoned
 from unlearnable.progress import set_quiet
 from unlearnable.train import train_victim, victim_preset
-from unlearnable.runtime import to_model_input
-from unlearnable.train.loops import TensorData
+from unlearnable.train.loops import predict
 
 GROUPS = {"garment": ("t-shirt/top", "pullover", "dress", "coat", "shirt"), "footwear": ("sandal", "sneaker", "ankle-boot"),
           "trouser": ("trouser",), "bag": ("bag",)}
@@ -44,15 +42,6 @@ def class_groups(class_names: list[str]) -> np.ndarray:
     if missing:
         raise SystemExit(f"classes outside the Fashion-MNIST groups: {missing}")
     return np.array([where[name] for name in class_names])
-
-
-@torch.no_grad()
-def predict(model, data: TensorData, channels_last: bool, chunk: int = 500) -> np.ndarray:
-    """The model's class for every image (eval mode)."""
-    model.eval()
-    out = [model(to_model_input(data.batch(torch.arange(i, min(i + chunk, len(data))))[0], channels_last)).argmax(1)
-           for i in range(0, len(data), chunk)]
-    return torch.cat(out).cpu().numpy()
 
 
 def confusion(labels: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
@@ -91,19 +80,20 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     set_quiet(True)
     t0 = time.time()
-    cells = []
+    cells, tests, cfg = [], {}, victim_preset("cpu")
     for seed in [int(s) for s in args.seeds.split(",")]:
         for attack in args.attacks.split(","):
             folder = args.seeds_dir / f"seed-{seed}" / attack / "poisoned"
             if not (folder / "manifest.json").exists():
                 raise SystemExit(f"{folder}: no poisoned set (run bench/compare_seeds.py first)")
             ps = read_poisoned(folder)
-            test = load_dataset(ps.manifest["data"]).test
+            spec = ps.manifest["data"]
+            if spec not in tests:  # every folder of a compare names the same test set: read it once
+                tests[spec] = load_dataset(spec).test
+            test = tests[spec]
             names, k = test.class_names, test.num_classes
-            cfg = victim_preset("cpu")
             res = train_victim(ps.poisoned, test, cfg, seed=seed, desc=f"victim ({attack})")
-            pred = predict(res.model, TensorData.from_dataset(test, next(res.model.parameters()).device),
-                           cfg.channels_last)
+            pred = predict(res.model, test.images, cfg.channels_last)
             conf = confusion(test.labels, pred, k)
             group = class_groups(names)
             per_class = conf.diagonal() / conf.sum(1)

@@ -47,7 +47,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..data import ImageDataset
@@ -55,6 +54,7 @@ from ..errors import UnlearnableError
 from ..fsutil import write_json
 from ..progress import Reported, bar, log
 from ..train import train_victim, victim_preset
+from ..train.loops import predict
 from ..train.pretrain import save_prior
 from .images import UnreadableImage, load_image
 from .manifest import NAME, read_manifest_file, sha256_file
@@ -121,19 +121,6 @@ def _splits(labels: np.ndarray, holdout: float, folds: int, seed: int) -> list[n
     return masks
 
 
-@torch.no_grad()
-def _predict(model, images: np.ndarray, channels_last: bool) -> np.ndarray:
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(images), 512):
-        x = torch.from_numpy(images[i:i + 512]).permute(0, 3, 1, 2).float().div_(255.0).to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        out.append(model(x).argmax(1).cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
-
-
 def _acc(correct: int, n: int) -> dict:
     p = correct / n if n else None
     se = math.sqrt(p * (1 - p) / n) if n else None
@@ -194,7 +181,7 @@ def _fold(fold, masks, test_mask, views, labels, ref, ref_test, k_user, all_name
             res = train_victim(train_ds, test_ds, run_cfg, seed=seed, desc=f"{version}/{cond}",
                                val=held_out if how == "early-stop" else None)
             victims.update(1)
-            pred = _predict(res.model, test_x, cfg.channels_last)
+            pred = predict(res.model, test_x, cfg.channels_last)
             user = test_y < k_user
             c = counts[cond][version]
             c["user"][0] += int((pred[user] == test_y[user]).sum())

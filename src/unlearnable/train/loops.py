@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -155,6 +156,20 @@ def evaluate(model, data: TensorData, *, batch_size: int = 256, bf16=False, chan
             logits = model(to_model_input(x, channels_last))
         correct += (logits.argmax(1) == y).sum()
     return int(correct) / max(1, len(data))
+
+
+@torch.no_grad()
+def predict(model, images: np.ndarray, channels_last: bool) -> np.ndarray:
+    """The class ``model`` gives every uint8 NHWC image (eval mode, 512 at a time), as int64."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(images), 512):
+        x = torch.from_numpy(images[i:i + 512]).permute(0, 3, 1, 2).float().div_(255.0).to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out.append(model(x).argmax(1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
 
 
 def _params(model_or_groups):
