@@ -13,7 +13,7 @@ import torch
 
 from unlearnable.attacks import attack_names, get_attack
 from unlearnable.attacks.ar import ar_generate, sample_filter
-from unlearnable.attacks.ntga import block_limit, relu_ntk
+from unlearnable.attacks.ntga import _KernelSolve, block_limit, kernel_predict, kernel_predict_reference, relu_ntk
 from unlearnable.data import load_dataset, quantize, read_poisoned, write_poisoned
 from unlearnable.data.dataset import ImageDataset
 from unlearnable.data.poisoned import budget_levels
@@ -294,3 +294,34 @@ def test_each_attack_beats_random_noise():
     assert acc["random"] >= 0.9, acc
     worse = {k: round(v, 3) for k, v in acc.items() if k != "random" and v > acc["random"] - 0.15}
     assert not worse, f"not clearly below random noise ({acc['random']:.3f}): {worse}; all: {acc}"
+
+
+@pytest.mark.parametrize("t", [64.0, 3.0, float("inf")])
+def test_ntga_kernel_predict_matches_reference(t):
+    """The eigendecomposition regressor equals the matrix-exponential-and-solve form, values
+    and input gradients, also when duplicate training images make an eigenvalue repeat."""
+    gen = torch.Generator().manual_seed(0)
+    xb = torch.rand(24, 30, dtype=torch.float64, generator=gen)
+    xb[5], xb[7] = xb[4], xb[6]  # two duplicate pairs: eigenvalue 0 twice
+    xv = torch.rand(9, 30, dtype=torch.float64, generator=gen)
+    yb = torch.nn.functional.one_hot(torch.arange(24) % 3, 3).double()
+    yv = torch.arange(9) % 3
+    grads = []
+    for fn in (kernel_predict, kernel_predict_reference):
+        x = xb.clone().requires_grad_(True)
+        kw = dict(depth=1, w_var=2.0, b_var=0.01)
+        pred = fn(relu_ntk(x, x, **kw), relu_ntk(xv, x, **kw), yb, t)
+        torch.nn.functional.cross_entropy(pred, yv).backward()
+        grads.append((pred.detach(), x.grad))
+    (p, g), (p_ref, g_ref) = grads
+    assert torch.allclose(p, p_ref, rtol=1e-6, atol=1e-8)
+    assert torch.allclose(g, g_ref, rtol=1e-5, atol=1e-8 * g_ref.abs().max().item())
+
+
+def test_ntga_kernel_solve_gradcheck():
+    gen = torch.Generator().manual_seed(1)
+    a = torch.rand(7, 4, dtype=torch.float64, generator=gen)
+    y = torch.rand(7, 2, dtype=torch.float64, generator=gen, requires_grad=True)
+    x = a.clone().requires_grad_(True)
+    fn = lambda x, y: _KernelSolve.apply(x @ x.T + 0.1, y, 5.0, 1e-4)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, y), eps=1e-6, atol=1e-6)
