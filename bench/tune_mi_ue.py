@@ -4,7 +4,8 @@
 
 Each argument is a JSON object of attack config overrides, plus optional keys "method"
 (default mi-ue), "preset" (cpu), "subset" (5000), "seed" (0), "victim_epochs" (15),
-"victim_augment" (none) and "victim_model" (cnn). The protected subset is drawn as
+"victim_augment" (none) and "victim_model" (cnn; a list scores the same poisons with each
+victim in turn, one line each). The protected subset is drawn as
 everywhere (stratified, the seed's); the validation split is ``VAL`` other training
 images (stratified, disjoint from the subset). The test set is never read: numbers here
 choose settings, the docs' test-set tables report them. The clean victim is trained once
@@ -79,12 +80,10 @@ def main(argv):
         spec = json.loads(arg)
         method, preset = spec.pop("method", "mi-ue"), spec.pop("preset", "cpu")
         subset, seed = spec.pop("subset", 5000), spec.pop("seed", 0)
-        vaug, vep, vmodel = spec.pop("victim_augment", "none"), spec.pop("victim_epochs", 15), spec.pop("victim_model", "cnn")
+        vaug, vep = spec.pop("victim_augment", "none"), spec.pop("victim_epochs", 15)
+        vmodels = spec.pop("victim_model", "cnn")
+        vmodels = [vmodels] if isinstance(vmodels, str) else list(vmodels)
         train, val = split_train_val(splits.train, subset, seed)
-        vcfg = victim_preset("cpu", augment=vaug, epochs=vep, model=vmodel)
-        key = (subset, seed, vaug, vep, vmodel)
-        if key not in clean_cache:
-            clean_cache[key] = train_victim(train, val, vcfg, seed=seed).history
         t0 = time.time()
         attack = get_attack(method).from_preset(preset, **spec)
         res = attack.generate(train, seed=seed)
@@ -94,18 +93,23 @@ def main(argv):
             tag = hashlib.sha1(json.dumps([method, preset, subset, seed, spec], sort_keys=True).encode()).hexdigest()[:10]
             np.save(os.path.join(os.environ["TUNE_SAVE"], f"{method}-{tag}.npy"), images)
         poisoned = ImageDataset(images, train.labels, train.class_names)
-        v = train_victim(poisoned, val, vcfg, seed=seed)
-        accs = [h["test_acc"] for h in v.history]
-        clean = [h["test_acc"] for h in clean_cache[key]]
-        print(json.dumps({"method": method, "overrides": spec, "seed": seed, "subset": subset, "victim": vmodel,
-                          "victim_augment": vaug, "clean_val_final": clean[-1], "val_final": accs[-1],
-                          "val_best": max(accs), "best_epoch": int(np.argmax(accs)) + 1,
-                          "val_history": accs, "train_acc_history": [h["train_acc"] for h in v.history],
-                          "gen_s": round(gen_s, 1),
-                          **delta_stats(train.images, images, train.labels, round(attack.config.eps * 255, 3)),
-                          "gen_history": [{k: h[k] for k in h if k not in ("epoch", "seconds")}
-                                          for h in res.info.get("history", [])][-3:],
-                          **{k: res.info[k] for k in ("restarts", "kept_restart") if k in res.info}}), flush=True)
+        stats = delta_stats(train.images, images, train.labels, round(attack.config.eps * 255, 3))
+        for vmodel in vmodels:  # one poison, scored by each victim in turn
+            vcfg = victim_preset("cpu", augment=vaug, epochs=vep, model=vmodel)
+            key = (subset, seed, vaug, vep, vmodel)
+            if key not in clean_cache:
+                clean_cache[key] = train_victim(train, val, vcfg, seed=seed).history
+            v = train_victim(poisoned, val, vcfg, seed=seed)
+            accs = [h["test_acc"] for h in v.history]
+            clean = [h["test_acc"] for h in clean_cache[key]]
+            print(json.dumps({"method": method, "overrides": spec, "seed": seed, "subset": subset, "victim": vmodel,
+                              "victim_augment": vaug, "clean_val_final": clean[-1], "val_final": accs[-1],
+                              "val_best": max(accs), "best_epoch": int(np.argmax(accs)) + 1,
+                              "val_history": accs, "train_acc_history": [h["train_acc"] for h in v.history],
+                              "gen_s": round(gen_s, 1), **stats,
+                              "gen_history": [{k: h[k] for k in h if k not in ("epoch", "seconds")}
+                                              for h in res.info.get("history", [])][-3:],
+                              **{k: res.info[k] for k in ("restarts", "kept_restart") if k in res.info}}), flush=True)
 
 
 if __name__ == "__main__":
