@@ -64,6 +64,8 @@ def main():
     ap.add_argument("--eps", type=float, default=8 / 255)
     ap.add_argument("--fixed-init", action="store_true",
                     help="one initialisation for every outer step: the inner run is the same function of the poisons")
+    ap.add_argument("--momentum", type=float, default=0.0,
+                    help="step on the sign of a running sum of L1-normalised gradients (0: of the gradient)")
     args = ap.parse_args()
     set_quiet(True)
     train, val = split_train_val(load_dataset("fashion-mnist").train, args.subset, args.seed)
@@ -76,6 +78,7 @@ def main():
     delta = torch.zeros_like(x)
     step = 2.5 * args.eps / args.outer
     history, t0 = [], time.time()
+    velocity = torch.zeros_like(x)
     first = init_mlp(x.shape[1], 512, train.num_classes, gen)
     for i in range(args.outer):
         delta.requires_grad_(True)
@@ -85,7 +88,8 @@ def main():
                              args.inner, args.inner_lr)
         (g,) = torch.autograd.grad(loss, delta)
         with torch.no_grad():  # ascent, then back into the budget and the valid pixel range
-            delta = (delta + step * g.sign()).clamp(-args.eps, args.eps)
+            velocity = args.momentum * velocity + g / g.abs().mean().clamp_min(1e-30)
+            delta = (delta + step * velocity.sign()).clamp(-args.eps, args.eps)
             delta = (x + delta).clamp(0, 1) - x
         history.append(round(float(loss.detach()), 4))
     gen_s = time.time() - t0
@@ -97,7 +101,7 @@ def main():
     accs = [h["test_acc"] for h in v]
     print(json.dumps({"bench": "unrolled_mlp", "seed": args.seed, "subset": args.subset, "outer": args.outer,
                       "inner": args.inner, "inner_lr": args.inner_lr, "held": args.held,
-                      "fixed_init": args.fixed_init, "victim": "2-nn",
+                      "fixed_init": args.fixed_init, "momentum": args.momentum, "victim": "2-nn",
                       "clean_val_final": clean[-1], "val_final": accs[-1], "val_best": max(accs),
                       "gap_points": round(100 * (clean[-1] - accs[-1]), 2), "val_history": accs,
                       "train_acc_history": [h["train_acc"] for h in v], "held_ce_history": history,
