@@ -72,6 +72,23 @@ def delta_stats(clean: np.ndarray, poisoned: np.ndarray, labels: np.ndarray, eps
             **budget_use(clean, poisoned), "eps_255": eps_255}
 
 
+def victim_scores(train: ImageDataset, val: ImageDataset, poisoned: ImageDataset, model: str, seed: int, *,
+                  augment: str = "none", epochs: int = 15, clean_cache: dict | None = None) -> dict:
+    """The ``cpu`` preset's victim trained on the clean subset and on the poisons, scored on the
+    validation split: final and best-epoch accuracy and the histories. ``clean_cache`` keeps
+    the clean victim's history per (subset, seed, augment, epochs, model) across calls."""
+    cfg = victim_preset("cpu", augment=augment, epochs=epochs, model=model)
+    cache = {} if clean_cache is None else clean_cache
+    key = (len(train), seed, augment, epochs, model)
+    if key not in cache:
+        cache[key] = train_victim(train, val, cfg, seed=seed).history
+    hist = train_victim(poisoned, val, cfg, seed=seed).history
+    accs = [h["test_acc"] for h in hist]
+    return {"clean_val_final": cache[key][-1]["test_acc"], "val_final": accs[-1], "val_best": max(accs),
+            "best_epoch": int(np.argmax(accs)) + 1, "val_history": accs,
+            "train_acc_history": [h["train_acc"] for h in hist]}
+
+
 def main(argv):
     set_quiet(True)
     splits = load_dataset("fashion-mnist")
@@ -95,18 +112,9 @@ def main(argv):
         poisoned = ImageDataset(images, train.labels, train.class_names)
         stats = delta_stats(train.images, images, train.labels, round(attack.config.eps * 255, 3))
         for vmodel in vmodels:  # one poison, scored by each victim in turn
-            vcfg = victim_preset("cpu", augment=vaug, epochs=vep, model=vmodel)
-            key = (subset, seed, vaug, vep, vmodel)
-            if key not in clean_cache:
-                clean_cache[key] = train_victim(train, val, vcfg, seed=seed).history
-            v = train_victim(poisoned, val, vcfg, seed=seed)
-            accs = [h["test_acc"] for h in v.history]
-            clean = [h["test_acc"] for h in clean_cache[key]]
+            scores = victim_scores(train, val, poisoned, vmodel, seed, augment=vaug, epochs=vep, clean_cache=clean_cache)
             print(json.dumps({"method": method, "overrides": spec, "seed": seed, "subset": subset, "victim": vmodel,
-                              "victim_augment": vaug, "clean_val_final": clean[-1], "val_final": accs[-1],
-                              "val_best": max(accs), "best_epoch": int(np.argmax(accs)) + 1,
-                              "val_history": accs, "train_acc_history": [h["train_acc"] for h in v.history],
-                              "gen_s": round(gen_s, 1), **stats,
+                              "victim_augment": vaug, **scores, "gen_s": round(gen_s, 1), **stats,
                               "gen_history": [{k: h[k] for k in h if k not in ("epoch", "seconds")}
                                               for h in res.info.get("history", [])][-3:],
                               **{k: res.info[k] for k in ("restarts", "kept_restart") if k in res.info}}), flush=True)

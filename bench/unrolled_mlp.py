@@ -26,11 +26,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from tune_mi_ue import delta_stats, split_train_val
+from tune_mi_ue import delta_stats, split_train_val, victim_scores
 from unlearnable.data import load_dataset, quantize
 from unlearnable.data.dataset import ImageDataset
 from unlearnable.progress import set_quiet
-from unlearnable.train import train_victim, victim_preset
 
 
 def init_mlp(d: int, hidden: int, k: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -79,10 +78,10 @@ def main():
     step = 2.5 * args.eps / args.outer
     history, t0 = [], time.time()
     velocity = torch.zeros_like(x)
-    first = init_mlp(x.shape[1], 512, train.num_classes, gen)
     for i in range(args.outer):
         delta.requires_grad_(True)
-        start = first if args.fixed_init or i == 0 else init_mlp(x.shape[1], 512, train.num_classes, gen)
+        if i == 0 or not args.fixed_init:
+            start = init_mlp(x.shape[1], 512, train.num_classes, gen)
         params = [p.clone().requires_grad_(True) for p in start]
         loss = unrolled_loss(((x + delta).clamp(0, 1) - mean) / std, y, x_held, y[held], params,
                              args.inner, args.inner_lr)
@@ -95,16 +94,12 @@ def main():
     gen_s = time.time() - t0
     images = quantize(train.images, delta.view(train.images.shape).numpy(), args.eps)
     poisoned = ImageDataset(images, train.labels, train.class_names)
-    vcfg = victim_preset("cpu", augment="none", epochs=15, model="2-nn")
-    clean = [h["test_acc"] for h in train_victim(train, val, vcfg, seed=args.seed).history]
-    v = train_victim(poisoned, val, vcfg, seed=args.seed).history
-    accs = [h["test_acc"] for h in v]
+    scores = victim_scores(train, val, poisoned, "2-nn", args.seed)
     print(json.dumps({"bench": "unrolled_mlp", "seed": args.seed, "subset": args.subset, "outer": args.outer,
                       "inner": args.inner, "inner_lr": args.inner_lr, "held": args.held,
-                      "fixed_init": args.fixed_init, "momentum": args.momentum, "victim": "2-nn",
-                      "clean_val_final": clean[-1], "val_final": accs[-1], "val_best": max(accs),
-                      "gap_points": round(100 * (clean[-1] - accs[-1]), 2), "val_history": accs,
-                      "train_acc_history": [h["train_acc"] for h in v], "held_ce_history": history,
+                      "fixed_init": args.fixed_init, "momentum": args.momentum, "victim": "2-nn", **scores,
+                      "gap_points": round(100 * (scores["clean_val_final"] - scores["val_final"]), 2),
+                      "held_ce_history": history,
                       "gen_s": round(gen_s, 1), "load": round(os.getloadavg()[0], 2),
                       **delta_stats(train.images, images, train.labels, round(args.eps * 255, 3))}), flush=True)
 
