@@ -1,4 +1,7 @@
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("UNLEARNABLE_QUIET", "1")
 
@@ -7,6 +10,19 @@ import pytest
 import torch
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def load_bench(name):
+    """A script of ``bench/`` as a module (bench scripts import ``tune_mi_ue`` beside them)."""
+    bench = Path(__file__).parents[1] / "bench"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(bench))
+    return module
 
 
 def make_learnable(n=200, size=16, channels=1, classes=4, seed=0):

@@ -1,17 +1,10 @@
 """bench/ap_cycle.py: the relabelling makes the registry's ``y + shift`` the intended target."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 
-_bench = Path(__file__).parents[1] / "bench"
-sys.path.insert(0, str(_bench))  # the bench imports tune_mi_ue beside it
-_spec = importlib.util.spec_from_file_location("ap_cycle", _bench / "ap_cycle.py")
-ap_cycle = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ap_cycle)
-sys.path.remove(str(_bench))
+from conftest import load_bench
+
+ap_cycle = load_bench("ap_cycle")
 
 
 def _images():

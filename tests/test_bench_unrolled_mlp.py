@@ -1,18 +1,11 @@
 """bench/unrolled_mlp.py: the meta-gradient through the unrolled inner training is exact."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
-_bench = Path(__file__).parents[1] / "bench"
-sys.path.insert(0, str(_bench))  # the bench imports tune_mi_ue beside it
-_spec = importlib.util.spec_from_file_location("unrolled_mlp", _bench / "unrolled_mlp.py")
-unrolled_mlp = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(unrolled_mlp)
-sys.path.remove(str(_bench))
+from conftest import load_bench
+
+unrolled_mlp = load_bench("unrolled_mlp")
 
 
 def _problem():
