@@ -1,22 +1,30 @@
 """Targeted adversarial poisons aimed at a fully connected victim, with the target class
 chosen as each class's nearest neighbour instead of ``y + 1``: one JSON line per victim.
 
-    python bench/ap_cycle.py --seed 0 --cycle nearest-mean --victims 2-nn,3-nn
+    python bench/ap_cycle.py --seed 0 --cycle nearest-pairs --source-epochs 100 --victims linear,2-nn,3-nn
 
 ``ap`` pushes every image of class y towards the class after it, ``(y + 1) mod K``. On
 Fashion-MNIST that sends T-shirts towards trousers and coats towards sandals: the far
-classes, where an 8/255 change moves a shallow model least. ``--cycle nearest-mean`` orders
-the classes in one cycle that walks from class 0 to the nearest unvisited class mean (pixel
-space, the protected subset's own images: no held-out image is read) and targets the next
-class on it; ``--cycle nearest-pairs`` pairs the classes greedily by class-mean distance
-(closest pair first) and targets each class's partner, so the two swap. The registry's ``ap`` is run unchanged on the subset relabelled by each class's
-position on the cycle, so its ``y + 1`` (``y + K/2`` for pairs) is the target; the poisons are then
-paired with the true labels again. ``--cycle shift`` is the identity relabelling: the
-registry's ``ap`` itself (the same line as ``bench/tune_mi_ue.py`` gives). Scored as there:
-the ``cpu`` preset's victim on the validation split, final epoch, clean victim of the same
-seed (``--test``: the test set instead, for a setting already chosen). ``--pattern class-mean`` uses no network: each image of class y moves eps per pixel
-towards its target's class mean (the sign of the difference of the two means), the
-linear-model reading of the same idea.
+classes, where an 8/255 change moves a shallow model least. The targets here come from the
+protected subset's own class means (pixel space; no held-out image is read):
+
+- ``--cycle nearest-mean``: one cycle that walks from class 0 to the nearest unvisited class
+  mean; each class targets the next class on it.
+- ``--cycle nearest-pairs``: the classes paired greedily by class-mean distance (closest pair
+  first); each class targets its partner, so the two swap.
+- ``--cycle shift``: the identity, i.e. the registry's ``ap`` itself (the same line as
+  ``bench/tune_mi_ue.py`` gives).
+
+The registry's ``ap`` is run unchanged on the subset relabelled by each class's position in
+the order, so that its ``y + shift`` (shift 1, or K/2 for pairs) is the target; the poisons
+are then paired with the true labels again. ``--pattern class-mean`` uses no network: each
+image of class y moves eps per pixel towards its target's class mean (the sign of the
+difference of the two means), the linear-model reading of the same idea.
+
+Scored as in ``bench/tune_mi_ue.py``: the ``cpu`` preset's victim on the validation split,
+final epoch, against the clean victim of the same seed. ``--test`` scores on the test set
+instead, for a setting already chosen (the ``clean_val_*``/``val_*`` keys then hold test
+accuracies; ``scored_on`` says which).
 """
 
 from __future__ import annotations
@@ -34,10 +42,15 @@ from unlearnable.data.dataset import ImageDataset
 from unlearnable.progress import set_quiet
 
 
+def class_means(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(K, ...) the mean image of each class, in float64."""
+    return np.stack([images[labels == c].astype(np.float64).mean(0) for c in range(int(labels.max()) + 1)])
+
+
 def nearest_mean_cycle(images: np.ndarray, labels: np.ndarray) -> list[int]:
     """Classes in visiting order: from class 0, always on to the nearest unvisited class mean."""
-    k = int(labels.max()) + 1
-    means = np.stack([images[labels == c].reshape((labels == c).sum(), -1).mean(0) for c in range(k)])
+    means = class_means(images, labels)
+    k = len(means)
     order, left = [0], set(range(1, k))
     while left:
         here = means[order[-1]]
@@ -50,11 +63,12 @@ def nearest_mean_cycle(images: np.ndarray, labels: np.ndarray) -> list[int]:
 def nearest_mean_pairs(images: np.ndarray, labels: np.ndarray) -> list[int]:
     """Classes paired greedily by class-mean distance (closest pair first), listed as
     ``[a_1 .. a_m, b_1 .. b_m]`` so that a shift of m maps each class to its partner."""
-    k = int(labels.max()) + 1
+    means = class_means(images, labels)
+    k = len(means)
     if k % 2:
         raise SystemExit(f"nearest-pairs needs an even number of classes, not {k}")
-    means = np.stack([images[labels == c].reshape((labels == c).sum(), -1).mean(0) for c in range(k)])
-    dist = ((means[:, None] - means[None]) ** 2).sum(-1)
+    flat = means.reshape(k, -1)
+    dist = ((flat[:, None] - flat[None]) ** 2).sum(-1)
     pairs, left = [], set(range(k))
     for a, b in sorted(((a, b) for a in range(k) for b in range(a + 1, k)), key=lambda ab: dist[ab]):
         if a in left and b in left:
@@ -95,7 +109,7 @@ def main():
     train, val = split_train_val(splits.train, 5000, args.seed)
     scored_on = splits.test if args.test else val
     k = train.num_classes
-    position, shift, target = target_classes(args.cycle, train.images.astype(np.float32), train.labels)
+    position, shift, target = target_classes(args.cycle, train.images, train.labels)
     relabelled = ImageDataset(train.images, position[train.labels], list(train.class_names))
     overrides = {"model": args.source, "train_augment": "none", "pgd_augment": "none", "pgd_steps": args.pgd_steps,
                  "target_shift": shift, "epochs": args.source_epochs}
@@ -104,7 +118,7 @@ def main():
     if args.pattern == "ap":
         delta = attack.generate(relabelled, seed=args.seed).delta
     else:  # no network: every image of class y moves eps towards the target's class mean, pixel by pixel
-        means = np.stack([train.images[train.labels == c].astype(np.float64).mean(0) for c in range(k)])
+        means = class_means(train.images, train.labels)
         towards = np.sign(means[[target[c] for c in range(k)]] - means)
         delta = attack.config.eps * towards[train.labels]
         overrides = {}
