@@ -47,14 +47,18 @@ def class_means(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.stack([images[labels == c].astype(np.float64).mean(0) for c in range(int(labels.max()) + 1)])
 
 
+def mean_distances(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(K, K) squared distances between the class means."""
+    flat = class_means(images, labels).reshape(int(labels.max()) + 1, -1)
+    return ((flat[:, None] - flat[None]) ** 2).sum(-1)
+
+
 def nearest_mean_cycle(images: np.ndarray, labels: np.ndarray) -> list[int]:
     """Classes in visiting order: from class 0, always on to the nearest unvisited class mean."""
-    means = class_means(images, labels)
-    k = len(means)
-    order, left = [0], set(range(1, k))
+    dist = mean_distances(images, labels)
+    order, left = [0], set(range(1, len(dist)))
     while left:
-        here = means[order[-1]]
-        nxt = min(left, key=lambda c: float(((means[c] - here) ** 2).sum()))
+        nxt = min(left, key=lambda c: dist[order[-1], c])
         order.append(nxt)
         left.remove(nxt)
     return order
@@ -63,12 +67,10 @@ def nearest_mean_cycle(images: np.ndarray, labels: np.ndarray) -> list[int]:
 def nearest_mean_pairs(images: np.ndarray, labels: np.ndarray) -> list[int]:
     """Classes paired greedily by class-mean distance (closest pair first), listed as
     ``[a_1 .. a_m, b_1 .. b_m]`` so that a shift of m maps each class to its partner."""
-    means = class_means(images, labels)
-    k = len(means)
+    dist = mean_distances(images, labels)
+    k = len(dist)
     if k % 2:
         raise SystemExit(f"nearest-pairs needs an even number of classes, not {k}")
-    flat = means.reshape(k, -1)
-    dist = ((flat[:, None] - flat[None]) ** 2).sum(-1)
     pairs, left = [], set(range(k))
     for a, b in sorted(((a, b) for a in range(k) for b in range(a + 1, k)), key=lambda ab: dist[ab]):
         if a in left and b in left:

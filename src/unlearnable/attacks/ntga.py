@@ -91,6 +91,9 @@ def relu_ntk(a: torch.Tensor, b: torch.Tensor, *, depth: int, w_var: float, b_va
     return ntk
 
 
+RIDGE = 1e-4  # of the mean diagonal: keeps the solve well posed for near-duplicate images
+
+
 def kernel_predict(k_bb: torch.Tensor, k_vb: torch.Tensor, y_b: torch.Tensor, t: float) -> torch.Tensor:
     """Predictions on V of the kernel regressor trained for time ``t`` on B (one-hot ``y_b``).
 
@@ -109,9 +112,6 @@ def kernel_predict_reference(k_bb: torch.Tensor, k_vb: torch.Tensor, y_b: torch.
     eye = torch.eye(kb.shape[0], dtype=kb.dtype, device=kb.device)
     target = y_b if math.isinf(t) else (eye - torch.linalg.matrix_exp(-t * kb)) @ y_b
     return kv @ torch.linalg.solve(kb + RIDGE * eye, target)
-
-
-RIDGE = 1e-4  # of the mean diagonal: keeps the solve well posed for near-duplicate images
 
 
 def _spectral_filter(lam: torch.Tensor, t: float, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,6 +138,7 @@ class _KernelSolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, k, y, t, ridge):
         lam, u = torch.linalg.eigh(k)
+        lam = lam.clamp_min(0)  # as _spectral_filter reads it; the backward's gaps use the same values
         f = _spectral_filter(lam, t, ridge)[0]
         uy = u.T @ y
         ctx.save_for_backward(u, lam, f, uy)
@@ -148,7 +149,6 @@ class _KernelSolve(torch.autograd.Function):
     def backward(ctx, g):
         u, lam, f, uy = ctx.saved_tensors
         ug = u.T @ g
-        lam = lam.clamp_min(0)
         gap = lam[:, None] - lam[None, :]
         close = gap.abs() < 1e-8  # the diagonal included: there f' at the mean is f'(l_i)
         mid_df = _spectral_filter((lam[:, None] + lam[None, :]) / 2, ctx.t, ctx.ridge)[1]

@@ -166,9 +166,7 @@ def predict(model, images: np.ndarray, channels_last: bool) -> np.ndarray:
     out = []
     for i in range(0, len(images), 512):
         x = torch.from_numpy(images[i:i + 512]).permute(0, 3, 1, 2).float().div_(255.0).to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        out.append(model(x).argmax(1).cpu())
+        out.append(model(to_model_input(x, channels_last)).argmax(1).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
 
 
