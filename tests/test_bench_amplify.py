@@ -1,16 +1,9 @@
 """bench/amplify_poisons.py: scaling a written perturbation keeps the budget and the pixel range."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
+from conftest import load_bench
 
-_bench = Path(__file__).parents[1] / "bench"
-sys.path.insert(0, str(_bench))  # the script imports its sibling tune_mi_ue
-_spec = importlib.util.spec_from_file_location("amplify_poisons", _bench / "amplify_poisons.py")
-amplify_poisons = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(amplify_poisons)
+amplify_poisons = load_bench("amplify_poisons")
 
 
 def test_amplify_rounds_clips_to_the_budget_and_the_pixel_range():

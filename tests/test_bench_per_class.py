@@ -1,14 +1,11 @@
 """bench/per_class.py: the confusion, the group sinks and the poisons' per-class structure."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import load_bench
 
-_spec = importlib.util.spec_from_file_location("per_class", Path(__file__).parents[1] / "bench" / "per_class.py")
-per_class = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(per_class)
+per_class = load_bench("per_class")
+
 
 NAMES = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
 

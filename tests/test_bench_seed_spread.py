@@ -1,14 +1,12 @@
 """bench/seed_spread.py: the crossed (poison seed x victim seed) table and its variance split."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import load_bench
 
-_spec = importlib.util.spec_from_file_location("seed_spread", Path(__file__).parents[1] / "bench" / "seed_spread.py")
-seed_spread = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(seed_spread)
+seed_spread = load_bench("seed_spread")
 
 
 def test_variance_split_by_hand():

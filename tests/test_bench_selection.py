@@ -1,21 +1,14 @@
 """bench/selection_signal.py: scoring the source on the clean images leaves the game's poisons as they were."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
+from conftest import load_bench
 from test_mi_ue_gen import FAST
 
 from unlearnable.attacks import get_attack
 from unlearnable.attacks.source import SourceRun
 from unlearnable.data import load_dataset
 
-_bench = Path(__file__).parents[1] / "bench"
-sys.path.insert(0, str(_bench))  # the script imports its sibling tune_mi_ue
-_spec = importlib.util.spec_from_file_location("selection_signal", _bench / "selection_signal.py")
-selection_signal = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(selection_signal)
+selection_signal = load_bench("selection_signal")
 
 
 def test_scored_game_has_the_plain_games_poisons(tiny_npz, monkeypatch):
