@@ -367,3 +367,66 @@ def test_class_consistency_makes_each_class_closer_to_one_pattern():
     assert 0 < pushed.abs().max() <= eps + 1e-6
     with pytest.raises(UnlearnableError, match="class_consistency"):
         get_attack("mi-ue-g")(class_consistency=-1.0)
+
+
+def test_nearest_partners_pair_the_closest_class_means_and_swap():
+    from unlearnable.attacks.partners import class_mean_distances, nearest_partners
+    centres = torch.tensor([0.0, 1.0, 10.0, 12.0, 30.0])  # class c's images sit around centres[c]
+    y = torch.arange(5).repeat_interleave(3)
+    x = (centres[y] + torch.tensor([-0.1, 0.0, 0.1]).repeat(5)).view(-1, 1, 1, 1)
+    dist = class_mean_distances(x, y, 5)
+    assert dist[0, 1].item() == pytest.approx(1.0) and dist[2, 3].item() == pytest.approx(4.0)
+    assert nearest_partners(x[:12], y[:12], 4).tolist() == [1, 0, 3, 2]
+    # odd K: the class left over (30) takes its nearest class (12), which keeps its own partner
+    assert nearest_partners(x, y, 5).tolist() == [1, 0, 3, 2, 3]
+    # greedy, closest pair first: 1-2 (distance 1) beats 0-1 (2), so 0 pairs with 3
+    line = torch.tensor([0.0, 2.0, 3.0, 7.0]).view(-1, 1, 1, 1)
+    assert nearest_partners(line, torch.arange(4), 4).tolist() == [3, 2, 1, 0]
+
+
+PARTNER = dict(partner_model="linear", partner_epochs=3)
+
+
+def test_partner_term_aims_the_poisons_at_each_class_partner(tiny_npz, monkeypatch):
+    """``partner_weight``: with L_mi switched off (a zero loss) the generator is driven by the
+    partner term alone: without it it never moves, with it the poisons give the frozen
+    clean-trained partner model a lower cross-entropy towards each class's partner than the
+    unmoved generator's. The partners and the budget are reported and kept."""
+    from unlearnable.attacks import mi_ue_gen
+    train = load_dataset(tiny_npz).train
+    monkeypatch.setattr(mi_ue_gen, "mi_loss", lambda z, *a, **k: 0.0 * z.sum())
+    nets = []
+    real = mi_ue_gen.clean_trained_model
+    monkeypatch.setattr(mi_ue_gen, "clean_trained_model", lambda *a, **k: nets.append(real(*a, **k)) or nets[-1])
+    still = get_attack("mi-ue-g")(**FAST).generate(train, seed=0).delta
+    assert nets == []  # weight 0: no partner model is trained
+    res = get_attack("mi-ue-g")(**FAST, **PARTNER, partner_weight=10.0).generate(train, seed=0)
+    (net,) = nets
+    assert not any(p.requires_grad for p in net.parameters()) and not net.training
+    x = torch.from_numpy(train.images).permute(0, 3, 1, 2).float() / 255
+    y = torch.from_numpy(train.labels).long()
+    partner = torch.tensor(res.info["partners"])
+    assert sorted(partner.tolist()) == [0, 1, 2, 3] and torch.equal(partner[partner], torch.arange(4))
+
+    def ce(delta):
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(net((x + delta).clamp(0, 1)), partner[y]).item()
+
+    assert ce(res.delta) < ce(still)
+    assert 0 < res.delta.abs().max() <= get_attack("mi-ue-g")(**FAST).config.eps + 1e-6
+
+
+def test_partner_term_resumes_bit_identically(tiny_npz, tmp_path, monkeypatch):
+    train = load_dataset(tiny_npz).train
+    over = dict(FAST, **PARTNER, epochs=3, partner_weight=1.0)
+    full, resumed = crash_then_resume(lambda: get_attack("mi-ue-g")(**over), train, tmp_path, monkeypatch)
+    assert resumed.info["resumed_from_epoch"] == 2 and torch.equal(resumed.delta, full.delta)
+    assert resumed.info["partners"] == full.info["partners"]
+
+
+@pytest.mark.parametrize("bad, match", [({"partner_weight": -1.0}, "partner_weight"),
+                                        ({"partner_epochs": 0}, "partner_epochs"),
+                                        ({"partner_model": "no-such-net"}, "partner_model")])
+def test_partner_config_is_checked(bad, match):
+    with pytest.raises(UnlearnableError, match=match):
+        get_attack("mi-ue-g")(**bad)

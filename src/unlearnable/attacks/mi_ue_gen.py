@@ -28,12 +28,14 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..data.augment import build_augment
 from ..errors import UnlearnableError
+from ..models import check_model_name
 from ..progress import bar
 from ..runtime import autocast, prepare_model, to_model_input
 from ..train.loops import batches, num_batches
 from .base import Attack, AttackResult, ClassifierSourceConfig, register_attack
 from .generator import PerturbationGenerator, generator_image, generator_poisons
 from .losses import mi_loss
+from .partners import clean_trained_model, nearest_partners
 from .source import SourceRun
 
 
@@ -60,6 +62,12 @@ class MIUEGenConfig(ClassifierSourceConfig):
     # energy (1 - the class-mean share), pushing each class towards one pattern (docs/mi-ue.md, the sinks)
     class_consistency: float = 0.0
     interval_output: bool = False  # tanh mapped onto each pixel's feasible interval, not added and clipped (generator.interval_poison)
+    # > 0: the generator also minimises this weight x the cross-entropy, towards each class's
+    # nearest class (partners.nearest_partners), of partner_model trained partner_epochs epochs
+    # on the clean images: a term aimed at the fully connected victims (docs/mi-ue.md)
+    partner_weight: float = 0.0
+    partner_model: str = "2-nn"
+    partner_epochs: int = 100
     train_augment: str = "none"
     crop_padding: int = 2
 
@@ -78,6 +86,13 @@ class MIUEGenConfig(ClassifierSourceConfig):
             raise UnlearnableError(f"mi-ue-g: class_consistency must be >= 0, got {self.class_consistency}")
         if self.restarts < 1:
             raise UnlearnableError(f"mi-ue-g: restarts must be >= 1, got {self.restarts}")
+        if self.partner_weight < 0 or self.partner_epochs < 1:
+            raise UnlearnableError(f"mi-ue-g: partner_weight must be >= 0 and partner_epochs >= 1, "
+                                   f"got {self.partner_weight} and {self.partner_epochs}")
+        try:
+            check_model_name(self.partner_model)
+        except UnlearnableError as e:
+            raise UnlearnableError(f"mi-ue-g: partner_model: {e}") from None
         if self.class_maps and not self.label_input:
             raise UnlearnableError("mi-ue-g: class_maps needs label_input")
 
@@ -120,6 +135,10 @@ class MIUEGen(Attack):
         """One min-min game from ``seed``: the trained generator's poisons of every image."""
         cfg = self.config
         restart = cfg.source_restart_epochs
+        partner_net = None
+        if cfg.partner_weight:  # before the game's SourceRun, which seeds the game's streams as without it
+            partner_net = clean_trained_model(f"{self.name} partner source", cfg, train, seed=seed,
+                                              model=cfg.partner_model, epochs=cfg.partner_epochs)
         run = SourceRun(self.name, cfg, train, seed=seed, workdir=workdir, resume=resume, schedule="cosine",
                         schedule_epochs=restart or cfg.epochs)
         model, device, data = run.model, run.device, run.data
@@ -140,6 +159,7 @@ class MIUEGen(Attack):
                 ema.load_state_dict(run.extra["generator_ema"])
         augment = build_augment(cfg.train_augment, cfg.crop_padding)
         dist_scale = 1.0 / model.feature_dim if cfg.distance_scale == "dim" else 1.0
+        partner = None if partner_net is None else nearest_partners(data.x, data.y, train.num_classes)
 
         def poison(x, y):
             t = net(to_model_input(x, cfg.channels_last), y if cfg.label_input else None)
@@ -180,6 +200,10 @@ class MIUEGen(Attack):
                             with autocast(device, cfg.bf16):
                                 head_logits = model.head(z)
                             loss = mi + cfg.gen_ce * F.cross_entropy(head_logits.float(), y)
+                        if partner_net is not None:  # targeted, as AP: towards each class's nearest class
+                            with autocast(device, cfg.bf16):
+                                partner_logits = partner_net(to_model_input(xp, cfg.channels_last))
+                            loss = loss + cfg.partner_weight * F.cross_entropy(partner_logits.float(), partner[y])
                         if cfg.class_consistency:
                             loss = loss + cfg.class_consistency * within_class_share(xp - x, y, train.num_classes)
                         opt_gen.zero_grad(set_to_none=True)
@@ -199,5 +223,6 @@ class MIUEGen(Attack):
                          **({} if ema is None else {"generator_ema": ema.state_dict()}))
         delta = generator_poisons(net if ema is None else ema.module, data, eps=cfg.eps, label_input=cfg.label_input,
                                   channels_last=cfg.channels_last, chunk=512, interval=cfg.interval_output)
-        return AttackResult(delta=delta, info=run.info())
+        more = {} if partner is None else {"partners": partner.tolist()}
+        return AttackResult(delta=delta, info=run.info(**more))
 

@@ -1,0 +1,60 @@
+"""Each class's partner (its nearest class) and a fixed model trained on the clean images to
+aim a poison at it: the parts of MI-UE-G's partner term (:mod:`.mi_ue_gen`).
+
+Why the nearest class: a targeted poison moves a shallow victim's boundary between y and
+its target only as far as an 8/255 change reaches, so a near target costs it far more than
+the registry's ``y + 1`` (on Fashion-MNIST that sends T-shirts to trousers). Measured with
+``bench/ap_cycle.py`` (docs/mi-ue.md): targeted AP against a 2-NN costs a 2-NN victim about
+3 points with ``y + 1`` and 12-13 with these pairs. Why a fully connected model: a poison
+aimed at the CNN with the same targets costs the MLPs under 1 point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from ..progress import bar
+from ..train.loops import num_batches
+from .source import SourceRun
+
+
+def class_mean_distances(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(K, K) squared Euclidean distances between the class-mean images (float64)."""
+    flat = x.flatten(1).double()
+    onehot = torch.nn.functional.one_hot(y, num_classes).double()
+    means = (onehot.T @ flat) / onehot.sum(0).clamp(min=1)[:, None]
+    return torch.cdist(means, means) ** 2
+
+
+def nearest_partners(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(K,) each class's partner: the classes paired greedily by class-mean distance (the
+    closest pair first, ties in index order), so that partners swap. With an odd number of
+    classes the one left over takes its nearest class (which keeps its own partner)."""
+    dist = class_mean_distances(x, y, num_classes)
+    pairs = sorted(((dist[a, b].item(), a, b) for a in range(num_classes) for b in range(a + 1, num_classes)))
+    partner = [-1] * num_classes
+    for _, a, b in pairs:
+        if partner[a] < 0 and partner[b] < 0:
+            partner[a], partner[b] = b, a
+    for c in range(num_classes):
+        if partner[c] < 0:
+            partner[c] = min((k for k in range(num_classes) if k != c), key=lambda k: dist[c, k].item())
+    return torch.tensor(partner, dtype=torch.long, device=y.device)
+
+
+def clean_trained_model(name: str, cfg, train, *, seed: int, model: str, epochs: int) -> torch.nn.Module:
+    """``model`` trained ``epochs`` epochs on the clean images without augmentation (SGD,
+    momentum, cosine to ``cfg.lr_min``; batch 256, rate 0.1 and weight decay 5e-4, the
+    settings of the measured runs), returned in eval mode with its weights frozen."""
+    src_cfg = replace(cfg, model=model, batch_size=256, lr=0.1, weight_decay=5e-4)
+    run = SourceRun(name, src_cfg, train, seed=seed, schedule="cosine", schedule_epochs=epochs)
+    with bar(total=epochs * num_batches(len(run.data), src_cfg.batch_size), desc=name, unit="batch") as pb:
+        for _ in range(epochs):
+            run.train_pass(None, on_batch=pb.update)
+            run.sched.step()
+    net = run.model.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
