@@ -35,7 +35,7 @@ from ..train.loops import batches, num_batches
 from .base import Attack, AttackResult, ClassifierSourceConfig, register_attack
 from .generator import PerturbationGenerator, generator_image, generator_poisons
 from .losses import mi_loss
-from .partners import clean_trained_model, nearest_partners
+from .partners import class_means, clean_trained_model, nearest_partners
 from .source import SourceRun
 
 
@@ -101,8 +101,7 @@ def within_class_share(delta: torch.Tensor, y: torch.Tensor, num_classes: int) -
     """The share of the batch's perturbation energy that is not its class's mean pattern:
     sum_i |d_i - mean_{y_i}|^2 / sum_i |d_i|^2, 0 for a class-wise pattern, near 1 for noise."""
     flat = delta.flatten(1).float()
-    onehot = F.one_hot(y, num_classes).float()
-    means = (onehot.T @ flat) / onehot.sum(0).clamp(min=1)[:, None]
+    means = class_means(flat, y, num_classes)
     return ((flat - means[y]) ** 2).sum() / (flat ** 2).sum().clamp(min=1e-12)
 
 

@@ -20,11 +20,15 @@ from ..train.loops import num_batches
 from .source import SourceRun
 
 
+def class_means(flat: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(K, D) the mean row of each class of ``flat`` (N, D), in its dtype (zero for an absent class)."""
+    onehot = torch.nn.functional.one_hot(y, num_classes).to(flat.dtype)
+    return (onehot.T @ flat) / onehot.sum(0).clamp(min=1)[:, None]
+
+
 def class_mean_distances(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(K, K) squared Euclidean distances between the class-mean images (float64)."""
-    flat = x.flatten(1).double()
-    onehot = torch.nn.functional.one_hot(y, num_classes).double()
-    means = (onehot.T @ flat) / onehot.sum(0).clamp(min=1)[:, None]
+    means = class_means(x.flatten(1).double(), y, num_classes)
     return torch.cdist(means, means) ** 2
 
 
