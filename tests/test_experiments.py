@@ -238,6 +238,8 @@ def test_report_tables_and_figures(tiny_run):
         if r["kind"] == "victim" and r["attack"] == "mi-ue":
             by_cell.setdefault(f"{r['victim']}:{r['protocol']}:{r['defense']}", []).append(r["test_acc"])
     label = max(by_cell, key=lambda k: np.mean(by_cell[k]))
+    names = [r[0] for r in worst[1:]]
+    assert names[0] == "clean" and len(names) == len(set(names))  # each training set once
     row = next(r for r in worst[1:] if r[0] == "mi-ue")
     assert row[1] == str(len(by_cell)) and row[7] == label
     assert float(row[4]) == pytest.approx(100 * np.mean(by_cell[label]), abs=1e-3)

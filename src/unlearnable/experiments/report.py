@@ -243,7 +243,7 @@ def table_worst(view: RunView) -> Table | None:
     any finished victim cell (victim x protocol x defense) reaches, and which cell it is.
     Only when some training set has two or more victim cells."""
     rows = []
-    for a in ["clean", *view.plain]:
+    for a in view.plain:  # "clean" first: the plan always holds the clean reference
         cells = {}
         for (kind, attack, victim, protocol, defense, _), slot in view.by_coord.items():
             if kind == "victim" and attack == a and slot["seeds"]:
