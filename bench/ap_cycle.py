@@ -34,9 +34,11 @@ import json
 import time
 
 import numpy as np
+import torch
 
 from tune_mi_ue import delta_stats, split_train_val, victim_scores
 from unlearnable.attacks import get_attack
+from unlearnable.attacks.partners import class_mean_distances, greedy_pairs
 from unlearnable.data import load_dataset, quantize
 from unlearnable.data.dataset import ImageDataset
 from unlearnable.progress import set_quiet
@@ -48,9 +50,9 @@ def class_means(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def mean_distances(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """(K, K) squared distances between the class means."""
-    flat = class_means(images, labels).reshape(int(labels.max()) + 1, -1)
-    return ((flat[:, None] - flat[None]) ** 2).sum(-1)
+    """(K, K) squared distances between the class means (the library's, on the raw pixels)."""
+    return class_mean_distances(torch.from_numpy(images), torch.from_numpy(labels).long(),
+                                int(labels.max()) + 1).numpy()
 
 
 def nearest_mean_cycle(images: np.ndarray, labels: np.ndarray) -> list[int]:
@@ -65,17 +67,14 @@ def nearest_mean_cycle(images: np.ndarray, labels: np.ndarray) -> list[int]:
 
 
 def nearest_mean_pairs(images: np.ndarray, labels: np.ndarray) -> list[int]:
-    """Classes paired greedily by class-mean distance (closest pair first), listed as
-    ``[a_1 .. a_m, b_1 .. b_m]`` so that a shift of m maps each class to its partner."""
+    """Classes paired greedily by class-mean distance (closest pair first; the library's
+    :func:`~unlearnable.attacks.partners.greedy_pairs`, which ``mi-ue-g``'s partner term
+    uses), listed as ``[a_1 .. a_m, b_1 .. b_m]`` so that a shift of m maps each class to
+    its partner."""
     dist = mean_distances(images, labels)
-    k = len(dist)
-    if k % 2:
-        raise SystemExit(f"nearest-pairs needs an even number of classes, not {k}")
-    pairs, left = [], set(range(k))
-    for a, b in sorted(((a, b) for a in range(k) for b in range(a + 1, k)), key=lambda ab: dist[ab]):
-        if a in left and b in left:
-            pairs.append((a, b))
-            left -= {a, b}
+    if len(dist) % 2:
+        raise SystemExit(f"nearest-pairs needs an even number of classes, not {len(dist)}")
+    pairs = greedy_pairs(torch.from_numpy(dist))
     return [a for a, _ in pairs] + [b for _, b in pairs]
 
 

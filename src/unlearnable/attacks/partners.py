@@ -32,16 +32,26 @@ def class_mean_distances(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> 
     return torch.cdist(means, means) ** 2
 
 
+def greedy_pairs(dist: torch.Tensor) -> list[tuple[int, int]]:
+    """Disjoint class pairs from a (K, K) distance matrix, greedily: the closest pair first
+    (ties in index order), then the closest pair of classes both still unpaired."""
+    k = len(dist)
+    pairs, paired = [], set()
+    for _, a, b in sorted((dist[a, b].item(), a, b) for a in range(k) for b in range(a + 1, k)):
+        if a not in paired and b not in paired:
+            pairs.append((a, b))
+            paired |= {a, b}
+    return pairs
+
+
 def nearest_partners(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(K,) each class's partner: the classes paired greedily by class-mean distance (the
-    closest pair first, ties in index order), so that partners swap. With an odd number of
-    classes the one left over takes its nearest class (which keeps its own partner)."""
+    """(K,) each class's partner: the classes paired greedily by class-mean distance
+    (:func:`greedy_pairs`), so that partners swap. With an odd number of classes the one
+    left over takes its nearest class (which keeps its own partner)."""
     dist = class_mean_distances(x, y, num_classes)
-    pairs = sorted(((dist[a, b].item(), a, b) for a in range(num_classes) for b in range(a + 1, num_classes)))
     partner = [-1] * num_classes
-    for _, a, b in pairs:
-        if partner[a] < 0 and partner[b] < 0:
-            partner[a], partner[b] = b, a
+    for a, b in greedy_pairs(dist):
+        partner[a], partner[b] = b, a
     for c in range(num_classes):
         if partner[c] < 0:
             partner[c] = min((k for k in range(num_classes) if k != c), key=lambda k: dist[c, k].item())
