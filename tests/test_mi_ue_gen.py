@@ -416,6 +416,35 @@ def test_partner_term_aims_the_poisons_at_each_class_partner(tiny_npz, monkeypat
     assert 0 < res.delta.abs().max() <= get_attack("mi-ue-g")(**FAST).config.eps + 1e-6
 
 
+def test_partner_refinement_lowers_the_partner_loss_within_the_budget(tiny_npz, monkeypatch):
+    """``partner_refine_steps`` without the generator's term: the game is the plain one (its
+    streams are seeded after the partner model is trained), then per-image PGD moves each
+    poison so that the frozen partner model's cross-entropy towards the partner falls, inside
+    the budget and the pixel range. A refinement that ignored the target would not lower it."""
+    from unlearnable.attacks import mi_ue_gen
+    train = load_dataset(tiny_npz).train
+    nets = []
+    real = mi_ue_gen.clean_trained_model
+    monkeypatch.setattr(mi_ue_gen, "clean_trained_model", lambda *a, **k: nets.append(real(*a, **k)) or nets[-1])
+    plain = get_attack("mi-ue-g")(**FAST).generate(train, seed=0)
+    refined = get_attack("mi-ue-g")(**FAST, **PARTNER, partner_refine_steps=5).generate(train, seed=0)
+    (net,) = nets
+    assert refined.info["history"] == [{**h, "seconds": r["seconds"]} for h, r in
+                                       zip(plain.info["history"], refined.info["history"])]
+    x = torch.from_numpy(train.images).permute(0, 3, 1, 2).float() / 255
+    y = torch.from_numpy(train.labels).long()
+    partner = torch.tensor(refined.info["partners"])
+
+    def ce(delta):
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(net(x + delta), partner[y]).item()
+
+    eps = get_attack("mi-ue-g")(**FAST).config.eps
+    assert ce(refined.delta) < ce(plain.delta)
+    assert not torch.equal(refined.delta, plain.delta) and refined.delta.abs().max() <= eps + 1e-6
+    assert (x + refined.delta).min() >= 0 and (x + refined.delta).max() <= 1
+
+
 def test_partner_term_resumes_bit_identically(tiny_npz, tmp_path, monkeypatch):
     train = load_dataset(tiny_npz).train
     over = dict(FAST, **PARTNER, epochs=3, partner_weight=1.0)
@@ -426,6 +455,7 @@ def test_partner_term_resumes_bit_identically(tiny_npz, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("bad, match", [({"partner_weight": -1.0}, "partner_weight"),
                                         ({"partner_epochs": 0}, "partner_epochs"),
+                                        ({"partner_refine_steps": -1}, "partner_refine_steps"),
                                         ({"partner_model": "no-such-net"}, "partner_model")])
 def test_partner_config_is_checked(bad, match):
     with pytest.raises(UnlearnableError, match=match):

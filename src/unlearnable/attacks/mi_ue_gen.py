@@ -19,6 +19,8 @@ algorithm: ``mi-ue`` stays that.
 ``partner_weight`` (off in every preset) adds a targeted term for fully connected victims,
 which L_mi on a CNN source barely reaches: the cross-entropy of a frozen clean-trained 2-NN
 towards each class's nearest class (:mod:`.partners`; measured in docs/mi-ue.md).
+``partner_refine_steps`` (also off) lowers the same cross-entropy image by image with PGD
+after the game, from the generator's poisons.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from ..train.loops import batches, num_batches
 from .base import Attack, AttackResult, ClassifierSourceConfig, register_attack
 from .generator import PerturbationGenerator, generator_image, generator_poisons
 from .losses import mi_loss
-from .partners import class_means, clean_trained_model, nearest_partners
+from .partners import class_means, clean_trained_model, nearest_partners, refine_towards_partners
 from .source import SourceRun
 
 
@@ -72,6 +74,9 @@ class MIUEGenConfig(ClassifierSourceConfig):
     partner_weight: float = 0.0
     partner_model: str = "2-nn"
     partner_epochs: int = 100
+    # > 0: after the game, that many per-image PGD steps on the same partner cross-entropy,
+    # from the generator's poisons (partners.refine_towards_partners; docs/mi-ue.md)
+    partner_refine_steps: int = 0
     train_augment: str = "none"
     crop_padding: int = 2
 
@@ -90,9 +95,10 @@ class MIUEGenConfig(ClassifierSourceConfig):
             raise UnlearnableError(f"mi-ue-g: class_consistency must be >= 0, got {self.class_consistency}")
         if self.restarts < 1:
             raise UnlearnableError(f"mi-ue-g: restarts must be >= 1, got {self.restarts}")
-        if self.partner_weight < 0 or self.partner_epochs < 1:
-            raise UnlearnableError(f"mi-ue-g: partner_weight must be >= 0 and partner_epochs >= 1, "
-                                   f"got {self.partner_weight} and {self.partner_epochs}")
+        if self.partner_weight < 0 or self.partner_epochs < 1 or self.partner_refine_steps < 0:
+            raise UnlearnableError(f"mi-ue-g: partner_weight and partner_refine_steps must be >= 0 and "
+                                   f"partner_epochs >= 1, got {self.partner_weight}, "
+                                   f"{self.partner_refine_steps} and {self.partner_epochs}")
         try:
             check_model_name(self.partner_model)
         except UnlearnableError as e:
@@ -139,7 +145,7 @@ class MIUEGen(Attack):
         cfg = self.config
         restart = cfg.source_restart_epochs
         partner_net = None
-        if cfg.partner_weight:  # before the game's SourceRun, which seeds the game's streams as without it
+        if cfg.partner_weight or cfg.partner_refine_steps:  # before the game's SourceRun, which seeds its streams
             partner_net = clean_trained_model(f"{self.name} partner source", cfg, train, seed=seed,
                                               model=cfg.partner_model, epochs=cfg.partner_epochs)
         run = SourceRun(self.name, cfg, train, seed=seed, workdir=workdir, resume=resume, schedule="cosine",
@@ -203,7 +209,7 @@ class MIUEGen(Attack):
                             with autocast(device, cfg.bf16):
                                 head_logits = model.head(z)
                             loss = mi + cfg.gen_ce * F.cross_entropy(head_logits.float(), y)
-                        if partner_net is not None:  # targeted, as AP: towards each class's nearest class
+                        if cfg.partner_weight:  # targeted, as AP: towards each class's nearest class
                             with autocast(device, cfg.bf16):
                                 partner_logits = partner_net(to_model_input(xp, cfg.channels_last))
                             loss = loss + cfg.partner_weight * F.cross_entropy(partner_logits.float(), partner[y])
@@ -226,6 +232,9 @@ class MIUEGen(Attack):
                          **({} if ema is None else {"generator_ema": ema.state_dict()}))
         delta = generator_poisons(net if ema is None else ema.module, data, eps=cfg.eps, label_input=cfg.label_input,
                                   channels_last=cfg.channels_last, chunk=512, interval=cfg.interval_output)
+        if cfg.partner_refine_steps:
+            delta = refine_towards_partners(partner_net, data, delta, partner, eps=cfg.eps, steps=cfg.partner_refine_steps,
+                                            chunk=512, channels_last=cfg.channels_last, bf16=cfg.bf16)
         more = {} if partner is None else {"partners": partner.tolist()}
         return AttackResult(delta=delta, info=run.info(**more))
 

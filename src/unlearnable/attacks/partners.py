@@ -14,9 +14,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 
 from ..progress import bar
+from ..runtime import autocast, to_model_input
 from ..train.loops import num_batches
+from .pgd import pgd
 from .source import SourceRun
 
 
@@ -72,3 +75,26 @@ def clean_trained_model(name: str, cfg, train, *, seed: int, model: str, epochs:
     for p in net.parameters():
         p.requires_grad_(False)
     return net
+
+
+def refine_towards_partners(net: torch.nn.Module, data, delta: torch.Tensor, partner: torch.Tensor, *, eps: float,
+                            steps: int, chunk: int, channels_last: bool = False, bf16: bool = False) -> torch.Tensor:
+    """Per-image targeted PGD from ``delta`` (N, C, H, W on the CPU, as a generator writes it):
+    ``steps`` signed-gradient steps of 2.5 eps / steps (``ap``'s rule) lowering the frozen
+    ``net``'s cross-entropy towards each image's partner class ``partner[y]``, projected to the
+    budget and the pixel range. Deterministic (no random start); ``chunk`` images at a time.
+    Returns a new CPU tensor."""
+    out = torch.empty_like(delta)
+    device = data.x.device
+    for i in range(0, len(data), chunk):
+        idx = torch.arange(i, min(i + chunk, len(data)), device=device)
+        x, y = data.batch(idx)
+        target = partner[y]
+
+        def loss(inp):
+            with autocast(device, bf16):
+                logits = net(to_model_input(inp, channels_last))
+            return F.cross_entropy(logits.float(), target, reduction="sum")  # a sum: no gradient shrinks with the chunk
+        out[i:i + len(idx)] = pgd(loss, x, delta[i:i + len(idx)].to(device), steps=steps,
+                                  step_size=2.5 * eps / steps, eps=eps).cpu()
+    return out
