@@ -1,5 +1,6 @@
 """Each class's partner (its nearest class) and a fixed model trained on the clean images to
-aim a poison at it: the parts of MI-UE-G's partner term (:mod:`.mi_ue_gen`).
+aim a poison at it: the parts of MI-UE-G's partner term and of its per-image refinement
+(:mod:`.mi_ue_gen`).
 
 Why the nearest class: a targeted poison moves a shallow victim's boundary between y and
 its target only as far as an 8/255 change reaches, so a near target costs it far more than
