@@ -37,21 +37,22 @@ import numpy as np
 import torch
 
 from tune_mi_ue import delta_stats, split_train_val, victim_scores
-from unlearnable.attacks import get_attack
-from unlearnable.attacks.partners import class_mean_distances, greedy_pairs
+from unlearnable.attacks import get_attack, partners
 from unlearnable.data import load_dataset, quantize
 from unlearnable.data.dataset import ImageDataset
 from unlearnable.progress import set_quiet
 
 
 def class_means(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """(K, ...) the mean image of each class, in float64."""
-    return np.stack([images[labels == c].astype(np.float64).mean(0) for c in range(int(labels.max()) + 1)])
+    """(K, ...) the mean image of each class, in float64 (the library's, on the raw pixels)."""
+    k = int(labels.max()) + 1
+    flat = torch.from_numpy(images).flatten(1).double()
+    return partners.class_means(flat, torch.from_numpy(labels).long(), k).numpy().reshape(k, *images.shape[1:])
 
 
 def mean_distances(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """(K, K) squared distances between the class means (the library's, on the raw pixels)."""
-    return class_mean_distances(torch.from_numpy(images), torch.from_numpy(labels).long(),
+    return partners.class_mean_distances(torch.from_numpy(images), torch.from_numpy(labels).long(),
                                 int(labels.max()) + 1).numpy()
 
 
@@ -74,7 +75,7 @@ def nearest_mean_pairs(images: np.ndarray, labels: np.ndarray) -> list[int]:
     dist = mean_distances(images, labels)
     if len(dist) % 2:
         raise SystemExit(f"nearest-pairs needs an even number of classes, not {len(dist)}")
-    pairs = greedy_pairs(torch.from_numpy(dist))
+    pairs = partners.greedy_pairs(torch.from_numpy(dist))
     return [a for a, _ in pairs] + [b for _, b in pairs]
 
 
@@ -96,7 +97,7 @@ def target_classes(kind: str, images: np.ndarray, labels: np.ndarray) -> tuple[n
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cycle", choices=("shift", "nearest-mean", "nearest-pairs"), default="nearest-mean")
+    p.add_argument("--cycle", choices=tuple(ORDERS), default="nearest-mean")
     p.add_argument("--source", default="2-nn")
     p.add_argument("--pgd-steps", type=int, default=20)
     p.add_argument("--source-epochs", type=int, default=8)

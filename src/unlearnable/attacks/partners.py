@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..progress import bar
 from ..runtime import autocast, to_model_input
-from ..train.loops import num_batches
+from ..train.loops import batches, num_batches
 from .pgd import pgd
 from .source import SourceRun
 
@@ -87,15 +87,14 @@ def refine_towards_partners(net: torch.nn.Module, data, delta: torch.Tensor, par
     Returns a new CPU tensor."""
     out = torch.empty_like(delta)
     device = data.x.device
-    for i in range(0, len(data), chunk):
-        idx = torch.arange(i, min(i + chunk, len(data)), device=device)
+    for idx in batches(len(data), chunk, None, device):  # in order, unshuffled
         x, y = data.batch(idx)
+        rows = idx.cpu()
         target = partner[y]
 
         def loss(inp):
             with autocast(device, bf16):
                 logits = net(to_model_input(inp, channels_last))
             return F.cross_entropy(logits.float(), target, reduction="sum")  # a sum: no gradient shrinks with the chunk
-        out[i:i + len(idx)] = pgd(loss, x, delta[i:i + len(idx)].to(device), steps=steps,
-                                  step_size=2.5 * eps / steps, eps=eps).cpu()
+        out[rows] = pgd(loss, x, delta[rows].to(device), steps=steps, step_size=2.5 * eps / steps, eps=eps).cpu()
     return out
